@@ -50,6 +50,9 @@ def save_tiny(kind: str, path, seed: int = 0) -> None:
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.5 * torch.randn_like(b))
     model.save_pretrained(path)
+    from tenk.models.tokenizer_builder import write_tokenizer
+
+    write_tokenizer(path, vocab_size=COMMON["vocab_size"])
     if kind == "minimax_m2":
         # The published MiniMax-M2 config names rotary_dim directly; keep both spellings.
         import json

@@ -123,3 +123,20 @@ def test_index_lists_only_its_shards(good_dir, tmp_path):
     (path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"lists shard 'model-00002-of-00002\.safetensors'"):
         _load(path)
+
+
+def test_cli_prints_one_line_without_traceback(good_dir, tmp_path):
+    """`tenk generate` on a broken checkpoint: exit 1, one error line naming the tensor."""
+    import subprocess
+    import sys
+
+    path = _copy(good_dir, tmp_path)
+    _edit_tensors(path, lambda t: t.pop("model.layers.1.self_attn.o_proj.weight"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenk.cli.main", "generate", str(path), "-p", "hi", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.layers.1.self_attn.o_proj.weight" in errors[0], proc.stderr

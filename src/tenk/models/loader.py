@@ -49,11 +49,13 @@ def build_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, quan
 def _expected_keys(model: nn.Module) -> dict[str, set]:
     """For each parameter name, the (shard, expert) pieces a checkpoint must provide."""
     expected: dict[str, set] = {}
+    seen: set[int] = set()
     for mod_name, mod in model.named_modules():
         for p_name, p in mod.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if getattr(p, "optional", False):
+            if getattr(p, "optional", False) or id(p) in seen:  # a tied lm_head is the embedding
                 continue
+            seen.add(id(p))
             if isinstance(mod, QKVParallelLinear):
                 keys = {("q", None), ("k", None), ("v", None)}
             elif isinstance(mod, MergedColumnParallelLinear):
@@ -64,7 +66,6 @@ def _expected_keys(model: nn.Module) -> dict[str, set]:
             else:
                 keys = {(None, None)}
             expected[full] = keys
-    # tied lm_head shares the embedding parameter and is listed once
     return expected
 
 
