@@ -1,0 +1,187 @@
+"""Launch configs of the NVFP4 kernels: a table per GPU model (nvfp4_<gpu>.json beside this file)
+keyed by shape and M bucket, with heuristics for shapes the table lacks (and on CPU).
+
+    dense:  "<N>x<K>"                       -> {"<M bucket>": Nvfp4Config fields}
+    moe:    "e<E>_h<H>_i<I>_top<k>"         -> {"<M bucket>": {"impl", "block_m", "w13": {...}, "w2": {...}}}
+
+M is the number of tokens (rows of x) for both; a bucket is the largest listed M <= the real M.
+The shipped tables were written from the heuristics below without a GPU ("tuned": false in the
+file); benchmarks/tune_nvfp4.py measures candidates on the GPU and rewrites them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+NUM_SMS_GUESS = 132  # H100 SXM; only used to size split-K when no table entry exists
+IMPLS = ("fused", "dequant")
+_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Nvfp4Config:
+    """One launch of the NVFP4 GEMM kernel. impl "fused": dequantize inside the GEMM; "dequant":
+    dequantize the weights to bf16 once per call, then the bf16 GEMM (compute-bound sizes)."""
+
+    block_m: int = 16  # tokens per tile: the MMA's N dimension (16 is the smallest)
+    block_n: int = 64  # weight rows per tile: the MMA's M (64 per warp group)
+    block_kq: int = 32  # columns of each K quarter per step (x4 = K per step)
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 4
+    impl: str = "fused"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown NVFP4 impl {self.impl!r} (choose from {IMPLS})")
+        for name in ("block_m", "block_n", "block_kq"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+        if self.split_k < 1 or self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
+            raise ValueError(f"bad NVFP4 launch config {self}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Nvfp4Config":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Nvfp4MoeConfig:
+    """The two grouped GEMMs of one fused-MoE call. They share the token blocks (block_m) of one
+    moe_align_block_size; impl "dequant" runs the bf16 grouped-GEMM MoE on dequantized experts."""
+
+    block_m: int = 16
+    w13: Nvfp4Config = field(default_factory=Nvfp4Config)
+    w2: Nvfp4Config = field(default_factory=Nvfp4Config)
+    impl: str = "fused"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown NVFP4 MoE impl {self.impl!r} (choose from {IMPLS})")
+        for cfg in (self.w13, self.w2):
+            if cfg.block_m != self.block_m:
+                raise ValueError(f"both MoE GEMMs must use block_m={self.block_m}, got {cfg.block_m}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Nvfp4MoeConfig":
+        bm = d["block_m"]
+        return cls(block_m=bm, w13=Nvfp4Config.from_dict({**d["w13"], "block_m": bm}),
+                   w2=Nvfp4Config.from_dict({**d["w2"], "block_m": bm}), impl=d.get("impl", "fused"))
+
+    def to_dict(self) -> dict:
+        drop = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("block_m", "impl")}
+        return {"impl": self.impl, "block_m": self.block_m, "w13": drop(self.w13), "w2": drop(self.w2)}
+
+
+# ---------------------------------------------------------------- keys and files
+
+
+def bucket(m: int) -> int:
+    return max([b for b in M_BUCKETS if b <= max(1, m)])
+
+
+def dense_key(n: int, k: int) -> str:
+    return f"{n}x{k}"
+
+
+def moe_key(e: int, h: int, i: int, top_k: int) -> str:
+    return f"e{e}_h{h}_i{i}_top{top_k}"
+
+
+def gpu_tag(device=None) -> str | None:
+    """"h100" / "h200" for the GPU of `device` (or the current one), None elsewhere."""
+    import torch
+
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        return None
+    name = torch.cuda.get_device_name(device).upper()
+    for tag in ("H200", "H100"):
+        if tag in name:
+            return tag.lower()
+    return None
+
+
+def table_path(tag: str) -> Path:
+    return _DIR / f"nvfp4_{tag}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(tag: str | None) -> dict:
+    if tag is None or not table_path(tag).exists():
+        return {"dense": {}, "moe": {}}
+    data = json.loads(table_path(tag).read_text())
+    return {"dense": data.get("dense", {}), "moe": data.get("moe", {}), "tuned": data.get("tuned", False)}
+
+
+def _pick(entries: dict, m: int):
+    """The entry of the largest bucket <= m, else the smallest one."""
+    if not entries:
+        return None
+    keys = sorted(int(b) for b in entries)
+    below = [b for b in keys if b <= m]
+    return entries[str(below[-1] if below else keys[0])]
+
+
+# ---------------------------------------------------------------- heuristics (the shipped guesses)
+
+
+def _pow2_at_most(x: int) -> int:
+    return 1 << max(0, int(x).bit_length() - 1)
+
+
+def _split_for(tiles: int, steps: int) -> int:
+    """Split K until there are about two programs per SM, keeping >= 2 K steps per split."""
+    split = 1
+    while tiles * split < 2 * NUM_SMS_GUESS and steps // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+def heuristic_dense(m: int, n: int, k: int) -> Nvfp4Config:
+    if m > 2048:
+        return Nvfp4Config(block_m=128, block_n=128, block_kq=32, num_warps=8, num_stages=3, impl="dequant")
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    bn = 64 if m <= 64 else 128
+    bkq = _pow2_at_most(min(64 if m <= 64 else 32, (k // 4) & -(k // 4)))
+    tiles = -(-m // bm) * -(-n // bn)
+    split = _split_for(tiles, (k // 4) // bkq) if m <= 256 else 1
+    return Nvfp4Config(block_m=bm, block_n=bn, block_kq=max(16, bkq), split_k=split,
+                       num_warps=4 if bn == 64 else 8, num_stages=4 if m <= 64 else 3)
+
+
+def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
+    per_expert = t * top_k / e
+    bm = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64 if per_expert <= 64 else 128
+    bn = 64 if bm <= 32 else 128
+    warps = 4 if bn == 64 else 8
+    stages = 4 if bm <= 32 else 3
+    blocks = min(e, t * top_k) * max(1, round(per_expert / bm + 0.5))  # token blocks with work
+    kq = lambda kdim, want: max(16, _pow2_at_most(min(want, (kdim // 4) & -(kdim // 4))))
+    bkq13, bkq2 = kq(h, 64 if bm <= 32 else 32), kq(i, 64 if bm <= 32 else 32)
+    split13 = _split_for(blocks * -(-i // bn), (h // 4) // bkq13) if bm <= 32 else 1
+    split2 = _split_for(blocks * -(-h // bn), (i // 4) // bkq2) if bm <= 32 else 1
+    common = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
+    return Nvfp4MoeConfig(block_m=bm, w13=Nvfp4Config(block_kq=bkq13, split_k=split13, **common),
+                          w2=Nvfp4Config(block_kq=bkq2, split_k=split2, **common))
+
+
+# ---------------------------------------------------------------- lookups
+
+
+def dense_config(m: int, n: int, k: int, device=None) -> Nvfp4Config:
+    entry = _pick(load_table(gpu_tag(device))["dense"].get(dense_key(n, k), {}), m)
+    return Nvfp4Config.from_dict(entry) if entry else heuristic_dense(m, n, k)
+
+
+def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Nvfp4MoeConfig:
+    entry = _pick(load_table(gpu_tag(device))["moe"].get(moe_key(e, h, i, top_k), {}), t)
+    return Nvfp4MoeConfig.from_dict(entry) if entry else heuristic_moe(t, e, h, i, top_k)

@@ -1,0 +1,357 @@
+"""Fused MoE with NVFP4 experts on Hopper: the contract of tenk.kernels.moe.fused_moe with 4-bit
+w1|w3 and w2 (DESIGN.md "Quantized formats", "Fused MoE").
+
+Shapes (T tokens, H hidden, I expert FFN width, E experts, k experts per token, P = T * k pairs):
+  x                    [T, H] bf16 (fp32 under the interpreter)
+  w13_weight           [E, 2I, H/2] uint8 (ModelOpt) or [E, 2I, H/4] int16 (kernel layout, nvfp4_gemm)
+  w13_weight_scale     [E, 2I, H/16] E4M3               or [E, 2I, H/64] int32
+  w13_weight_scale_2   [E, 2] fp32: w1's global scale (gate rows), w3's (up rows), never merged
+  w2_weight            [E, H, I/2] / [E, H, I/4];  w2_weight_scale [E, H, I/16] / [E, H, I/64]
+  w2_weight_scale_2    [E] fp32
+  topk_weights [T, k] fp32, topk_ids [T, k] int (-1: expert not on this rank, contributes nothing)
+
+Fused path (no host sync, CUDA-graph safe): moe_align_block_size groups the pairs into expert
+blocks of block_m; one launch of the grouped GEMM for w1|w3 (gate and up accumulated side by
+side, each scaled by its own global scale, SiLU*mul in the epilogue); one for w2; the weighted
+combine. Small batches split K (fp32 partials, summed by the SiLU / combine kernels).
+Dequant path (large batches, where tensor-core throughput matters more than bytes): dequantize
+the experts to bf16 once per call, in chunks of at most `scratch_bytes`, and run the bf16
+torch._grouped_mm MoE. The launch config (tenk.kernels.configs.nvfp4) picks the path by batch size.
+`nvfp4_fused_moe_ref` (dequantize + fused_moe_ref) has the same signature.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tenk.kernels._common import next_pow2
+from tenk.kernels._triton import tl, triton
+from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
+from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, moe_align_block_size
+from tenk.kernels.nvfp4_gemm import (
+    _accumulate,
+    dequantize,
+    dequantize_kernel_layout,
+    fit_block_kq,
+    to_kernel_layout,
+    to_modelopt_layout,
+    use_asm,
+)
+
+SCRATCH_BYTES = 4 << 30  # most bf16 expert bytes the dequant path materialises at once
+
+
+# ---------------------------------------------------------------- reference
+
+
+def _check(x, w13q, w2q, topk_weights, topk_ids) -> tuple[int, int, int, int, int]:
+    T, H = x.shape
+    E, two_i, h_packed = w13q.shape
+    per_byte = 4 if w13q.dtype == torch.int16 else 2
+    inter = two_i // 2
+    if h_packed * per_byte != H or two_i % 2 or w2q.shape[:2] != (E, H) or w2q.shape[2] * per_byte != inter:
+        raise ValueError(f"NVFP4 expert weights do not fit: x {tuple(x.shape)}, w13 {tuple(w13q.shape)}, "
+                         f"w2 {tuple(w2q.shape)}")
+    if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != T:
+        raise ValueError("topk_ids and topk_weights must both be [T, k]")
+    return T, H, E, inter, topk_ids.shape[1]
+
+
+def dequantize_experts(w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,
+                       w2_weight_scale_2, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w13 [E, 2I, H], w2 [E, H, I]) in dtype, each value code * block scale * its global scale
+    rounded once (w1 rows with w13_weight_scale_2[:, 0], w3 rows with [:, 1])."""
+    w13, s13 = to_modelopt_layout(w13_weight, w13_weight_scale)
+    w2, s2 = to_modelopt_layout(w2_weight, w2_weight_scale)
+    E = w13.shape[0]
+    inter = w13.shape[1] // 2
+    base = dequantize(w13, s13, torch.ones(E, device=w13.device))
+    g13 = w13_weight_scale_2.float().reshape(E, 2).repeat_interleave(inter, dim=1).unsqueeze(-1)  # [E, 2I, 1]
+    return (base * g13).to(dtype), dequantize(w2, s2, w2_weight_scale_2.float().reshape(E)).to(dtype)
+
+
+def nvfp4_fused_moe_ref(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,
+                        w2_weight_scale_2, topk_weights, topk_ids, out=None, config=None) -> torch.Tensor:
+    """Dequantize the experts exactly (in x's dtype), then the plain-PyTorch fused MoE."""
+    _check(x, w13_weight, w2_weight, topk_weights, topk_ids)
+    w13, w2 = dequantize_experts(w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,
+                                 w2_weight_scale_2, x.dtype)
+    return fused_moe_ref(x, w13, w2, topk_weights, topk_ids, out)
+
+
+# ---------------------------------------------------------------- token/expert alignment
+
+ALIGN_MAX_PAIRS = 8192  # above this the one-CTA kernel would be slower than tenk.kernels.moe's torch ops
+
+
+@triton.jit
+def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E, max_padded, num_blocks,
+                      BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr, BB: tl.constexpr):
+    """moe_align_block_size in one launch of one CTA (decode batches: the torch version is ~25 tiny
+    launches). Histogram -> padded prefix sums -> block experts; then each pair takes a slot with an
+    atomic on its expert's cursor. NB > E: bin NB - 1 collects -1 ids and masked lanes."""
+    counts = tl.zeros([NB], tl.int32)
+    for p0 in range(0, P, BP):
+        offs = p0 + tl.arange(0, BP)
+        ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1).to(tl.int32)
+        counts += tl.histogram(tl.where(ids >= 0, ids, NB - 1), NB)
+    e = tl.arange(0, NB)
+    counts = tl.where(e < E, counts, 0)
+    padded = (counts + BM - 1) // BM * BM
+    pad_end = tl.cumsum(padded, 0)
+    total = tl.sum(padded, 0)
+    tl.store(cursor_ptr + e, pad_end - padded)
+    tl.store(npp_ptr, total)
+    for s0 in range(0, max_padded, BP):
+        offs = s0 + tl.arange(0, BP)
+        tl.store(sorted_ptr + offs, tl.zeros([BP], tl.int32) + P, mask=offs < max_padded)
+    for b0 in range(0, num_blocks, BB):
+        b = b0 + tl.arange(0, BB)
+        start = b * BM
+        ex = tl.sum((pad_end[None, :] <= start[:, None]).to(tl.int32), 1)  # searchsorted(pad_end, start, right)
+        tl.store(expert_ptr + b, tl.where(start < total, ex, -1), mask=b < num_blocks)
+    tl.debug_barrier()  # cursors and the P fill are visible to every thread of the CTA
+    for p0 in range(0, P, BP):
+        offs = p0 + tl.arange(0, BP)
+        ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1).to(tl.int32)
+        ok = ids >= 0
+        slot = tl.atomic_add(cursor_ptr + tl.where(ok, ids, 0), tl.full([BP], 1, tl.int32), mask=ok)
+        tl.store(sorted_ptr + slot, offs, mask=ok)
+
+
+def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """tenk.kernels.moe.moe_align_block_size's contract (same blocks, same padding, same expert ids)
+    in one launch, except that pairs inside an expert's run are in arbitrary order (the GEMM rows
+    are independent, so results do not change). Falls back to the torch version for large batches."""
+    flat = topk_ids.reshape(-1)
+    P = flat.numel()
+    if P > ALIGN_MAX_PAIRS or P == 0:
+        return moe_align_block_size(topk_ids, num_experts, block_m)
+    dev = flat.device
+    max_padded = P + min(num_experts, P) * (block_m - 1)
+    num_blocks = triton.cdiv(max_padded, block_m)
+    nb = next_pow2(num_experts + 1)
+    sorted_ids = torch.empty(max_padded, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(num_blocks, dtype=torch.int32, device=dev)
+    npp = torch.empty(1, dtype=torch.int32, device=dev)
+    cursor = torch.empty(nb, dtype=torch.int32, device=dev)
+    _moe_align_kernel[(1,)](flat, sorted_ids, expert_ids, npp, cursor, P, num_experts, max_padded, num_blocks,
+                            BM=block_m, NB=nb, BP=512, BB=max(16, min(64, 8192 // nb)), num_warps=8)
+    return sorted_ids, expert_ids, npp
+
+
+# ---------------------------------------------------------------- grouped GEMM
+
+
+@triton.jit
+def _nvfp4_moe_gemm_kernel(
+    a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
+    num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
+    TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
+):
+    """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
+    token for w13, the pair itself for w2), computed as out^T tiles [BN, BM].
+    GATED (w1|w3): W[e] rows [0, N) are the gate, [N, 2N) the up projection; with SPLIT_K == 1 the
+    epilogue writes silu(gate * gs[e, 0]) * (up * gs[e, 1]) rounded like the unfused path, else fp32
+    partials [split, pair, 2N] (gate | up, already scaled) for _silu_mul_reduce_kernel.
+    Not GATED (w2): out = acc * gs[e] in out's dtype, or fp32 partials [split, pair, N]."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(max_padded, BM)
+    num_n = tl.cdiv(N, BN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+    if pid_m * BM >= tl.load(npp_ptr):
+        return
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    if e < 0:
+        return
+
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
+    row_ok = pair < num_pairs
+    safe = tl.where(row_ok, pair, 0).to(tl.int64)
+    if A_BY_TOKEN:
+        a_row = safe // TOPK
+    else:
+        a_row = safe
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    n_ok = offs_n < N
+    rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
+    w_rows = wq_ptr + e * s_we + rows[:, None] * s_wn
+    s_rows = sq_ptr + e * s_se + rows[:, None] * s_sn
+    x_cols = a_ptr + a_row[None, :] * s_ar
+    steps = tl.cdiv(Q // BKQ, SPLIT_K)
+    k0 = pid_k * steps * BKQ
+    k1 = tl.minimum(Q, k0 + steps * BKQ)
+    COMPUTE: tl.constexpr = a_ptr.dtype.element_ty
+    acc = tl.zeros([BN, BM], tl.float32)
+    acc_up = tl.zeros([BN, BM], tl.float32)
+    acc, acc_up = _accumulate(acc, acc_up, w_rows, s_rows, N * s_wn, N * s_sn, x_cols, row_ok[None, :], k0, k1, Q,
+                              BN, BKQ, COMPUTE, USE_ASM, COMPUTE == tl.float32, GATED)
+
+    out_ptrs = out_ptr + safe[None, :] * s_or + offs_n[:, None]
+    mask = n_ok[:, None] & row_ok[None, :]
+    if GATED:
+        g = acc * (tl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
+        u = acc_up * (tl.load(gs_ptr + e * s_ge + 1) * 256.0)
+        if SPLIT_K == 1:
+            dtype = out_ptr.dtype.element_ty
+            g = g.to(dtype).to(tl.float32)
+            u = u.to(dtype).to(tl.float32)
+            s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+            tl.store(out_ptrs, (s * u).to(dtype), mask=mask)
+        else:
+            part = out_ptrs + pid_k.to(tl.int64) * s_os
+            tl.store(part, g, mask=mask)
+            tl.store(part + N, u, mask=mask)
+    else:
+        y = acc * (tl.load(gs_ptr + e * s_ge) * 256.0)
+        if SPLIT_K == 1:
+            tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, y, mask=mask)
+
+
+@triton.jit
+def _silu_mul_reduce_kernel(part_ptr, ids_ptr, out_ptr, N, s_pr, s_ps, s_or,
+                            SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """act[pair] = silu(sum_s gate) * sum_s up from the split-K partials, rounded like the fused
+    epilogue; rows of -1 pairs are skipped (never written by the GEMM)."""
+    p = tl.program_id(0).to(tl.int64)
+    if tl.load(ids_ptr + p) < 0:
+        return
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = c < N
+    g = tl.zeros([BLOCK], tl.float32)
+    u = tl.zeros([BLOCK], tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        base = part_ptr + s * s_ps + p * s_pr
+        g += tl.load(base + c, mask=m, other=0.0)
+        u += tl.load(base + N + c, mask=m, other=0.0)
+    dtype = out_ptr.dtype.element_ty
+    g = g.to(dtype).to(tl.float32)
+    u = u.to(dtype).to(tl.float32)
+    s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+    tl.store(out_ptr + p * s_or + c, (s * u).to(dtype), mask=m)
+
+
+@triton.jit
+def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
+                           TOPK: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out[t] = sum_j w[t, j] * sum_s y[s, t * k + j] over valid experts, in fp32, fixed order."""
+    t = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = c < H
+    acc = tl.zeros([BLOCK], tl.float32)
+    for j in tl.static_range(TOPK):
+        p = t * TOPK + j
+        ok = tl.load(ids_ptr + p) >= 0
+        w = tl.load(w_ptr + p).to(tl.float32)
+        y = tl.zeros([BLOCK], tl.float32)
+        for s in tl.static_range(SPLIT_K):
+            y += tl.load(y_ptr + s * s_ys + p * s_yr + c, mask=m & ok, other=0.0).to(tl.float32)
+        acc += tl.where(ok, w, 0.0) * y
+    tl.store(out_ptr + t * s_ot + c, acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split):
+    sorted_ids, expert_ids, npp = align
+    max_padded = sorted_ids.numel()
+    q = wq.shape[2]
+    bkq = fit_block_kq(cfg, q)
+    grid = (triton.cdiv(max_padded, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    s_or = out.stride(-2)
+    s_os = out.stride(0) if split > 1 else 0
+    _nvfp4_moe_gemm_kernel[grid](
+        a, wq, sq, gs, out, sorted_ids, expert_ids, npp,
+        num_pairs, max_padded, n, q, a.stride(0), wq.stride(0), wq.stride(1), sq.stride(0), sq.stride(1),
+        gs.stride(0), s_or, s_os,
+        TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split,
+        BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def _splits(cfg, q: int) -> int:
+    return max(1, min(cfg.split_k, q // fit_block_kq(cfg, q)))
+
+
+def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
+    T, H = x.shape
+    E, two_i, q13 = w13q.shape
+    inter = two_i // 2
+    k = topk_ids.shape[1]
+    P = T * k
+    align = moe_align_block_size_triton(topk_ids, E, cfg.block_m)
+    flat_ids = topk_ids.reshape(-1)
+    act = torch.empty((P, inter), dtype=x.dtype, device=x.device)  # rows of -1 pairs stay unwritten
+    split13 = _splits(cfg.w13, q13)
+    if split13 == 1:
+        _gemm(x, w13q, w13s, g13, act, align, P, inter, k, True, True, cfg.w13, 1)
+    else:
+        part = torch.empty((split13, P, two_i), dtype=torch.float32, device=x.device)
+        _gemm(x, w13q, w13s, g13, part, align, P, inter, k, True, True, cfg.w13, split13)
+        block = min(1024, next_pow2(inter))
+        _silu_mul_reduce_kernel[(P, triton.cdiv(inter, block))](
+            part, flat_ids, act, inter, part.stride(1), part.stride(0), act.stride(0),
+            SPLIT_K=split13, BLOCK=block, num_warps=4,
+        )
+    split2 = _splits(cfg.w2, w2q.shape[2])
+    y = torch.empty((split2, P, H), dtype=torch.float32 if split2 > 1 else x.dtype, device=x.device)
+    _gemm(act, w2q, w2s, g2, y, align, P, H, k, False, False, cfg.w2, split2)
+    block = min(1024, next_pow2(H))
+    _combine_splits_kernel[(T, triton.cdiv(H, block))](
+        y, topk_weights, flat_ids, out, H, y.stride(1), y.stride(0), out.stride(0),
+        TOPK=k, SPLIT_K=split2, BLOCK=block, num_warps=4,
+    )
+    return out
+
+
+def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes: int):
+    """Dequantize experts to x's dtype (chunks of at most scratch_bytes) and run the bf16 grouped MoE."""
+    E, two_i, q13 = w13q.shape
+    H = x.shape[1]
+    per_expert = (two_i * 4 * q13 + H * 4 * w2q.shape[2]) * x.element_size()
+    chunk = max(1, min(E, scratch_bytes // per_expert))
+    if chunk >= E:
+        w13 = dequantize_kernel_layout(w13q, w13s, g13, x.dtype, gs_mode=2)
+        w2 = dequantize_kernel_layout(w2q, w2s, g2, x.dtype, gs_mode=1)
+        return fused_moe_grouped_mm(x, w13, w2, topk_weights, topk_ids, out)
+    acc = torch.zeros(out.shape, dtype=torch.float32, device=x.device)
+    part = torch.empty_like(out)
+    ids = topk_ids.to(torch.int32)
+    for e0 in range(0, E, chunk):
+        e1 = min(E, e0 + chunk)
+        w13 = dequantize_kernel_layout(w13q[e0:e1], w13s[e0:e1], g13[e0:e1], x.dtype, gs_mode=2)
+        w2 = dequantize_kernel_layout(w2q[e0:e1], w2s[e0:e1], g2[e0:e1], x.dtype, gs_mode=1)
+        local = torch.where((ids >= e0) & (ids < e1), ids - e0, -1)
+        acc += fused_moe_grouped_mm(x, w13, w2, topk_weights, local, part).float()
+        del w13, w2
+    return out.copy_(acc)
+
+
+def nvfp4_fused_moe(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,
+                    w2_weight_scale_2, topk_weights, topk_ids, out: torch.Tensor | None = None,
+                    config: Nvfp4MoeConfig | None = None, scratch_bytes: int = SCRATCH_BYTES) -> torch.Tensor:
+    """The Triton NVFP4 MoE (either weight layout; the ModelOpt one is re-laid per call, which is
+    slow: re-lay once at load time with nvfp4_gemm.pack_for_kernel)."""
+    T, H, E, inter, k = _check(x, w13_weight, w2_weight, topk_weights, topk_ids)
+    if out is None:
+        out = torch.empty_like(x)
+    if T == 0:
+        return out
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    w13q, w13s = to_kernel_layout(w13_weight, w13_weight_scale)
+    w2q, w2s = to_kernel_layout(w2_weight, w2_weight_scale)
+    g13 = w13_weight_scale_2.float().reshape(E, 2).contiguous()
+    g2 = w2_weight_scale_2.float().reshape(E, 1).contiguous()
+    cfg = config or moe_config(T, E, H, inter, k, x.device)
+    if cfg.impl == "dequant":
+        return _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes)
+    return _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg)

@@ -1,0 +1,106 @@
+"""Fixtures for the kernel tests.
+
+`interpret`: tenk's Triton kernels run on CPU tensors through Triton's interpreter during the test
+(see tenk.kernels.interpret: swapped per test, so nothing leaks into other test folders).
+`sm90_compile`: compiles the launches a call makes for an H100, on this CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def interpret():
+    from tenk.kernels.interpret import triton_interpreter
+
+    with triton_interpreter():
+        yield
+
+
+# ---------------------------------------------------------------- compiling for an H100 without one
+
+_PTR_TYPE = {
+    torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
+    torch.int64: "*i64", torch.float8_e4m3fn: "*fp8e4nv", torch.uint8: "*u8", torch.int8: "*i8",
+}
+
+
+class _Recorder:
+    """Stands in for a JITFunction: `kernel[grid](*args, **kwargs)` records the launch."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, dict(kwargs)))
+
+
+def _compile_sm90(fn, args, kwargs) -> dict:
+    """Compile one recorded launch for sm_90 the way the JIT would (pointers and ints divisible by 16
+    get the divisibility hint), and read registers, spills and shared memory from the cubin."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    bound = dict(zip(fn.arg_names, args))
+    bound.update(kwargs)
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        v = bound[name]
+        if fn.params[i].is_constexpr:
+            signature[name], constexprs[name] = "constexpr", v
+            continue
+        if (isinstance(v, torch.Tensor) and v.data_ptr() % 16 == 0) or (type(v) is int and v % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        if isinstance(v, torch.Tensor):
+            signature[name] = _PTR_TYPE[v.dtype]
+        elif isinstance(v, bool):
+            signature[name] = "i1"
+        elif isinstance(v, int):
+            signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
+        else:
+            signature[name] = "fp32"
+    src = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    field = lambda key: int(re.search(rf"{key}:(\d+)", usage).group(1))
+    return {"name": fn.__name__, "regs": field("REG"), "spill_bytes": field("STACK") + field("LOCAL"),
+            "shared_bytes": kernel.metadata.shared, "options": options}
+
+
+@pytest.fixture
+def sm90_compile():
+    """sm90_compile(modules, call) runs call() with every @triton.jit kernel of the modules replaced by a
+    recorder (nothing executes), then compiles each recorded launch for an H100 and returns its
+    resource usage."""
+    from triton.runtime.jit import JITFunction
+
+    def run(modules, call):
+        recorders = {}
+        for module in modules if isinstance(modules, (list, tuple)) else [modules]:
+            for name, value in list(vars(module).items()):
+                if isinstance(value, JITFunction) and name.endswith("_kernel"):
+                    recorders[(module, name)] = _Recorder(value)
+        try:
+            for (module, name), rec in recorders.items():
+                setattr(module, name, rec)
+            call()
+        finally:
+            for (module, name), rec in recorders.items():
+                setattr(module, name, rec.fn)
+        return [_compile_sm90(r.fn, a, k) for r in recorders.values() for a, k in r.launches]
+
+    return run

@@ -1,0 +1,167 @@
+"""Triton kernels vs their torch references on a real GPU, at model shapes (skipped without CUDA).
+Also: decode attention and fused MoE captured in a CUDA graph and replayed on new inputs."""
+
+import pytest
+import torch
+
+from tenk.kernels import activation, attention_triton as at, moe, rmsnorm, rotary
+from tenk.kernels.testing import check_attention, make_attention_case, make_moe_case, rel_err
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+DEV = "cuda"
+BF16_TOL = 1e-2
+
+
+def _lens(n, lo, hi, seed):
+    return torch.randint(lo, hi, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+# ---------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("hq,hkv", [(32, 4), (48, 8), (24, 4)], ids=["qwen3-30b", "minimax", "minimax-tp2"])
+@pytest.mark.parametrize("splits", [None, 1, 4])
+def test_decode(hq, hkv, splits):
+    seqs = [(n, 1) for n in _lens(96, 1, 1500, 0)]
+    case = make_attention_case(seqs, hq, hkv, 128, dtype=torch.bfloat16, device=DEV, seed=1, max_blocks=128)
+    r = check_attention(case, num_kv_splits=splits)
+    assert r["cache_equal"] and r["rel_err"] < BF16_TOL, r
+
+
+@pytest.mark.parametrize("block_size", [16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_mixed_batch(block_size, dtype):
+    """Whole prompts, chunks after cached prefixes, decodes and an idle sequence in one batch."""
+    seqs = [(700, 700), (900, 300), (257, 1), (1, 1), (64, 0), (129, 17)] + [(n, 1) for n in _lens(40, 2, 900, 2)]
+    case = make_attention_case(seqs, 32, 4, 128, block_size=block_size, dtype=dtype, device=DEV, seed=3)
+    r = check_attention(case)
+    assert r["cache_equal"] and r["rel_err"] < {torch.float32: 1e-4, torch.float16: 2e-3}.get(dtype, BF16_TOL), r
+
+
+@pytest.mark.parametrize("d", [64, 16])
+def test_small_head_dims(d):
+    seqs = [(300, 300), (80, 5), (33, 1)]
+    r = check_attention(make_attention_case(seqs, 8, 2, d, dtype=torch.bfloat16, device=DEV, seed=4))
+    assert r["cache_equal"] and r["rel_err"] < BF16_TOL, r
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_fp8_kv_cache(decode):
+    seqs = [(n, 1) for n in _lens(64, 1, 2000, 5)] if decode else [(600, 600), (500, 100), (70, 1)]
+    case = make_attention_case(seqs, 32, 4, 128, dtype=torch.bfloat16, cache_dtype=torch.float8_e4m3fn,
+                               kv_scale=0.02, device=DEV, seed=6)
+    r = check_attention(case)
+    assert r["cache_equal"] and r["rel_err"] < BF16_TOL, r
+
+
+def test_decode_cuda_graph_replay():
+    """Capture decode attention once; new context lengths, block tables and queries written into the
+    captured buffers replay correctly (the grid depends on shapes only)."""
+    from dataclasses import replace
+
+    B, width, bs = 32, 64, 16
+    case = make_attention_case([(n, 1) for n in _lens(B, 1, 1000, 7)], 32, 4, 128, dtype=torch.bfloat16,
+                               device=DEV, seed=7, max_blocks=width)
+    kc, vc, meta, q = case.k_cache, case.v_cache, case.meta, case.q.contiguous()
+    kc.copy_(torch.randn(kc.shape, device=DEV))  # every slot valid: the new tables may point anywhere
+    vc.copy_(torch.randn(vc.shape, device=DEV))
+    out = torch.empty_like(q)
+    at.paged_attention_triton(q, None, None, kc, vc, meta, case.scale, out=out)  # compile before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        at.paged_attention_triton(q, None, None, kc, vc, meta, case.scale, out=out)
+
+    g = torch.Generator(device=DEV).manual_seed(8)
+    lens = _lens(B, 1, width * bs, 8)
+    meta.seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+    meta.block_tables.copy_(torch.randint(0, kc.shape[0], meta.block_tables.shape, generator=g, device=DEV))
+    q.copy_(torch.randn(q.shape, generator=g, device=DEV))
+    graph.replay()
+    ref = at.paged_attention_ref(q, None, None, kc, vc, replace(meta, seq_lens_cpu=lens, max_seqlen_k=max(lens)),
+                                 case.scale)
+    assert rel_err(out, ref) < BF16_TOL
+
+
+# ---------------------------------------------------------------- MoE
+
+
+@pytest.mark.parametrize("impl", ["grouped_mm", "triton"])
+@pytest.mark.parametrize("tokens", [1, 37, 600])
+def test_fused_moe_qwen3_shape(impl, tokens):
+    c = make_moe_case(tokens, 2048, 768, 128, 8, dtype=torch.bfloat16, device=DEV, seed=tokens, drop_fraction=0.1)
+    ref = moe.fused_moe_ref(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids)
+    out = torch.full_like(c.x, float("nan"))
+    moe.fused_moe(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids, out=out, impl=impl)
+    assert rel_err(out, ref) < BF16_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_fused_moe_triton_other_dtypes(dtype):
+    c = make_moe_case(50, 256, 128, 16, 4, dtype=dtype, device=DEV, seed=9)
+    ref = moe.fused_moe_ref(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids)
+    out = moe.fused_moe(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids)
+    assert rel_err(out, ref) < (1e-4 if dtype == torch.float32 else 2e-3)
+
+
+@pytest.mark.parametrize("impl", ["grouped_mm", "triton"])
+def test_fused_moe_cuda_graph_replay(impl):
+    c = make_moe_case(64, 2048, 768, 32, 8, dtype=torch.bfloat16, device=DEV, seed=10)
+    out = torch.empty_like(c.x)
+    run = lambda: moe.fused_moe(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids, out=out, impl=impl)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run()  # warm up (compile, allocator) off the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    d = make_moe_case(64, 2048, 768, 32, 8, dtype=torch.bfloat16, device=DEV, seed=11, drop_fraction=0.2)
+    c.x.copy_(d.x)
+    c.topk_ids.copy_(d.topk_ids)
+    c.topk_weights.copy_(d.topk_weights)
+    graph.replay()
+    assert rel_err(out, moe.fused_moe_ref(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids)) < BF16_TOL
+
+
+# ---------------------------------------------------------------- small ops
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_norms(dtype):
+    g = torch.Generator(device=DEV).manual_seed(12)
+    x = torch.randn(1000, 2048, generator=g, device=DEV).to(dtype)
+    r = torch.randn(1000, 2048, generator=g, device=DEV).to(dtype)
+    w = torch.randn(2048, generator=g, device=DEV).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 4e-3
+    assert rel_err(rmsnorm.rms_norm(x, w, 1e-6), rmsnorm.rms_norm_ref(x, w, 1e-6)) < tol
+    out, res = rmsnorm.fused_add_rms_norm(x, r, w, 1e-6)
+    out_ref, res_ref = rmsnorm.fused_add_rms_norm_ref(x, r, w, 1e-6)
+    assert torch.equal(res, res_ref) and rel_err(out, out_ref) < tol
+    heads = torch.randn(1000, 40, 128, generator=g, device=DEV).to(dtype)[:, :32]  # per-head QK-norm view
+    assert rel_err(rmsnorm.rms_norm(heads, w[:128], 1e-6), rmsnorm.rms_norm_ref(heads, w[:128], 1e-6)) < tol
+
+
+@pytest.mark.parametrize("hq,hkv,rot", [(32, 4, 128), (48, 8, 64)], ids=["qwen3", "minimax-partial"])
+def test_rotary(hq, hkv, rot):
+    g = torch.Generator(device=DEV).manual_seed(13)
+    T, d = 1000, 128
+    qkv = torch.randn(T, (hq + 2 * hkv) * d, generator=g, device=DEV).bfloat16()
+    q, k = qkv[:, : hq * d].view(T, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(T, hkv, d)
+    pos = torch.randint(0, 4096, (T,), generator=g, device=DEV)
+    cache = rotary.rope_cos_sin_cache(rot, 4096, 5e6, device=DEV)
+    q_ref, k_ref = rotary.apply_rotary_ref(q.clone(), k.clone(), pos, cache, rot)
+    rotary.apply_rotary(q, k, pos, cache, rot)
+    assert (q != q_ref).float().mean() < 0.01 and (k != k_ref).float().mean() < 0.01
+    assert rel_err(q, q_ref) < 4e-3 and rel_err(k, k_ref) < 4e-3
+
+
+def test_silu_and_mul():
+    x = torch.randn(3000, 1536, device=DEV).bfloat16() * 3
+    out = activation.silu_and_mul(x)
+    ref = activation.silu_and_mul_ref(x)
+    assert rel_err(out, ref) < 4e-3 and (out != ref).float().mean() < 0.01
