@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 
 from tenk.parallel.state import set_tp_group
 
 
-def init_tp(rank: int, world_size: int, init_method: str, device: torch.device | str = "cpu") -> None:
+def init_tp(
+    rank: int,
+    world_size: int,
+    init_method: str | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    store: dist.Store | None = None,  # instead of init_method: a store the caller already joined
+    timeout_s: float | None = None,  # how long a collective may wait for a peer; None: torch's default
+) -> None:
     device = torch.device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    if store is not None:
+        kwargs["store"] = store
+    else:
+        kwargs["init_method"] = init_method
+    dist.init_process_group(backend, rank=rank, world_size=world_size, **kwargs)
     set_tp_group(dist.group.WORLD, rank, world_size)
 
 

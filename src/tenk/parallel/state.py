@@ -24,10 +24,18 @@ def get_tp_size() -> int:
     return _TP_SIZE
 
 
-def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
+def tp_all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
     if _TP_SIZE == 1:
         return x
-    dist.all_reduce(x, group=_TP_GROUP)
+    dist.all_reduce(x, op=op, group=_TP_GROUP)
+    return x
+
+
+def tp_broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In place: every rank's `x` becomes rank `src`'s (the engine's sampled tokens)."""
+    if _TP_SIZE == 1:
+        return x
+    dist.broadcast(x, src=src, group=_TP_GROUP)
     return x
 
 
