@@ -1,0 +1,142 @@
+"""The GEMMs of the quantized formats, one function per format and layer kind.
+
+These are the torch references: dequantize exactly what the format says, then multiply
+with the same code the unquantized layers use, so a quantized model gives the logits of the
+same model with dequantized weights (tests/quant/test_methods.py checks it bit for bit). A
+Triton kernel (packed weights dequantized inside the GEMM, DESIGN.md "Quantized formats")
+replaces a reference on the GPU behind the same signature.
+
+Shapes: x [T, K]; a fused linear's N is the sum of its shards (q|k|v, gate|up), each with its
+own per-tensor scale. MoE: E local experts, w13 rows are gate (w1) then up (w3), each half with
+its own global scale; topk_ids -1 means "not on this rank".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tenk.quant.fp8 import FP8_BLOCK, dequantize_fp8_block
+from tenk.quant.nvfp4 import dequantize_nvfp4
+
+
+def _per_row(scale: torch.Tensor, shard_sizes: list[int]) -> torch.Tensor:
+    """Per-shard scales [S] -> one per output row [N, 1]."""
+    sizes = torch.tensor(shard_sizes, device=scale.device)
+    return scale.float().repeat_interleave(sizes).unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------------- NVFP4
+
+
+def nvfp4_dequant_linear_weight(
+    weight: torch.Tensor,  # uint8 [N, K/2]
+    weight_scale: torch.Tensor,  # e4m3 [N, K/16]
+    weight_scale_2: torch.Tensor,  # fp32 [S], one per fused shard
+    shard_sizes: list[int],  # rows of each shard, sum = N
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    if len(shard_sizes) == 1:
+        return dequantize_nvfp4(weight, weight_scale, weight_scale_2.reshape(()), dtype)
+    # code * block scale is exact in fp32; one rounding when the shard's global scale is applied
+    base = dequantize_nvfp4(weight, weight_scale, torch.ones((), device=weight.device), torch.float32)
+    return (base * _per_row(weight_scale_2, shard_sizes)).to(dtype)
+
+
+def _nvfp4_kernels_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The Triton NVFP4 kernels (tenk.kernels.nvfp4_gemm / nvfp4_moe) serve CUDA tensors in bf16/fp16
+    whose K is a multiple of 64; everything else takes the torch reference below."""
+    if not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    k = weight.shape[-1] * (4 if weight.dtype == torch.int16 else 2)
+    return k % 64 == 0
+
+
+def nvfp4_linear(x, weight, weight_scale, weight_scale_2, shard_sizes, bias=None) -> torch.Tensor:
+    """y [T, N] = x [T, K] @ dequant(weight)^T (+ bias). On CUDA: the in-kernel-dequant GEMM, with
+    weights in the kernel layout that Nvfp4LinearMethod re-lays at load time (int16; re-laid per
+    call otherwise)."""
+    if _nvfp4_kernels_apply(x, weight):
+        from tenk.kernels.nvfp4_gemm import nvfp4_gemm
+
+        y = nvfp4_gemm(x.reshape(-1, x.shape[-1]), weight, weight_scale, weight_scale_2, shard_sizes, bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+    w = nvfp4_dequant_linear_weight(weight, weight_scale, weight_scale_2, shard_sizes, x.dtype)
+    return F.linear(x, w, bias)
+
+
+def _touched(topk_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(experts used by some token, topk_ids renumbered into that list; -1 stays -1)."""
+    ids = topk_ids.long()
+    used = torch.unique(ids[ids >= 0])
+    local = torch.searchsorted(used, ids.clamp(min=0))
+    return used, torch.where(ids >= 0, local, -1)
+
+
+def nvfp4_moe(
+    x: torch.Tensor,  # [T, H]
+    w13_weight: torch.Tensor,  # uint8 [E, 2I, H/2]
+    w13_weight_scale: torch.Tensor,  # e4m3 [E, 2I, H/16]
+    w13_weight_scale_2: torch.Tensor,  # fp32 [E, 2] (w1, w3)
+    w2_weight: torch.Tensor,  # uint8 [E, H, I/2]
+    w2_weight_scale: torch.Tensor,  # e4m3 [E, H, I/16]
+    w2_weight_scale_2: torch.Tensor,  # fp32 [E]
+    topk_weights: torch.Tensor,  # [T, k] fp32
+    topk_ids: torch.Tensor,  # [T, k]
+) -> torch.Tensor:
+    """On CUDA: the Triton NVFP4 fused MoE (weights re-laid at load time by Nvfp4MoEMethod)."""
+    if _nvfp4_kernels_apply(x, w13_weight) and _nvfp4_kernels_apply(x, w2_weight):
+        from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
+
+        return nvfp4_fused_moe(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,
+                               w2_weight_scale_2, topk_weights, topk_ids)
+    from tenk.kernels.moe import fused_moe
+
+    used, ids = _touched(topk_ids)
+    inter = w13_weight.shape[1] // 2
+    base = dequantize_nvfp4(w13_weight[used], w13_weight_scale[used], torch.ones(len(used), device=x.device), torch.float32)
+    g13 = w13_weight_scale_2[used].float().repeat_interleave(inter, dim=1).unsqueeze(-1)  # [U, 2I, 1]
+    w13 = (base * g13).to(x.dtype)
+    w2 = dequantize_nvfp4(w2_weight[used], w2_weight_scale[used], w2_weight_scale_2[used], x.dtype)
+    return fused_moe(x, w13, w2, topk_weights, ids)
+
+
+# --------------------------------------------------------------------------------------- FP8
+
+
+def fp8_dequant_linear_weight(
+    weight: torch.Tensor,  # e4m3 [N, K]
+    weight_scale: torch.Tensor,  # fp32: [S] per shard ("tensor"), [N] ("channel"), [N/bn, K/bk] ("block")
+    scheme: str,
+    shard_sizes: list[int],
+    dtype: torch.dtype,
+    block: tuple[int, int] = FP8_BLOCK,
+) -> torch.Tensor:
+    if scheme == "block":
+        return dequantize_fp8_block(weight, weight_scale, block, dtype)
+    if scheme == "channel":
+        return (weight.float() * weight_scale.float().unsqueeze(1)).to(dtype)
+    return (weight.float() * _per_row(weight_scale, shard_sizes)).to(dtype)
+
+
+def fp8_linear(x, weight, weight_scale, scheme, shard_sizes, bias=None, block=FP8_BLOCK) -> torch.Tensor:
+    w = fp8_dequant_linear_weight(weight, weight_scale, scheme, shard_sizes, x.dtype, block)
+    return F.linear(x, w, bias)
+
+
+def fp8_moe(
+    x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scale, topk_weights, topk_ids, scheme, block=FP8_BLOCK
+) -> torch.Tensor:
+    """Per-tensor scales: w13 [E, 2] (w1, w3), w2 [E]; block scales: w13 [E, 2I/bn, H/bk], w2 [E, H/bn, I/bk]."""
+    from tenk.kernels.moe import fused_moe
+
+    used, ids = _touched(topk_ids)
+    w13q, w2q = w13_weight[used].float(), w2_weight[used].float()
+    if scheme == "block":
+        w13 = torch.stack([dequantize_fp8_block(w, s, block) for w, s in zip(w13q, w13_weight_scale[used])])
+        w2 = torch.stack([dequantize_fp8_block(w, s, block) for w, s in zip(w2q, w2_weight_scale[used])])
+    else:
+        inter = w13q.shape[1] // 2
+        w13 = w13q * w13_weight_scale[used].float().repeat_interleave(inter, dim=1).unsqueeze(-1)
+        w2 = w2q * w2_weight_scale[used].float().reshape(-1, 1, 1)
+    return fused_moe(x, w13.to(x.dtype), w2.to(x.dtype), topk_weights, ids)
