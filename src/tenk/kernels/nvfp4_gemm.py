@@ -44,7 +44,7 @@ E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -
 QUARTERS = 4
 K_ALIGN = QUARTERS * GROUP_SIZE  # K must be a multiple of 64: each quarter whole 16-groups
 SCALE_EXP = 118  # block scales enter the kernel as E4M3 * 2^118 ...
-ACC_FACTOR = 2.0 ** (126 - SCALE_EXP)  # ... so the accumulator carries a factor 2^-8, undone here
+# ... so products carry 2^(118 - 126) = 2^-8, which the kernels undo with the global scale (gs * 256)
 
 
 COMPILE_GPU_VARIANT = False  # tests set it to compile the inline-asm variant from CPU tensors (sm_90 checks)
@@ -322,7 +322,7 @@ def _nvfp4_gemm_kernel(
         gs = tl.where(offs_n < end0, tl.load(gs_ptr), tl.load(gs_ptr + 1))
     else:
         gs = tl.where(offs_n < end0, tl.load(gs_ptr), tl.where(offs_n < end1, tl.load(gs_ptr + 1), tl.load(gs_ptr + 2)))
-    y = acc * (gs * 256.0)[:, None]  # 256 = 1 / ACC_FACTOR
+    y = acc * (gs * 256.0)[:, None]  # 256 undoes the 2^-8 of the scales (SCALE_EXP)
     y = tl.where(n_ok[:, None], y, 0.0)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * s_om + offs_n[:, None]
     mask = n_ok[:, None] & m_ok[None, :]

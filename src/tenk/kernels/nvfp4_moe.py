@@ -11,7 +11,7 @@ Shapes (T tokens, H hidden, I expert FFN width, E experts, k experts per token, 
   topk_weights [T, k] fp32, topk_ids [T, k] int (-1: expert not on this rank, contributes nothing)
 
 Fused path (no host sync, CUDA-graph safe): moe_align_block_size groups the pairs into expert
-blocks of block_m; one launch of the grouped GEMM for w1|w3 (gate and up accumulated side by
+blocks of block_m (one launch; tiny batches skip it: "direct" mode, one block per pair); one launch of the grouped GEMM for w1|w3 (gate and up accumulated side by
 side, each scaled by its own global scale, SiLU*mul in the epilogue); one for w2; the weighted
 combine. Small batches split K (fp32 partials, summed by the SiLU / combine kernels).
 Dequant path (large batches, where tensor-core throughput matters more than bytes): dequantize
@@ -27,7 +27,7 @@ import torch
 from tenk.kernels._common import next_pow2
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
-from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, moe_align_block_size
+from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, fused_moe_triton, moe_align_block_size
 from tenk.kernels.nvfp4_gemm import (
     _accumulate,
     dequantize,
@@ -147,7 +147,7 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
 def _nvfp4_moe_gemm_kernel(
     a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
     num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
-    TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr,
+    TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
 ):
     """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
@@ -155,24 +155,33 @@ def _nvfp4_moe_gemm_kernel(
     GATED (w1|w3): W[e] rows [0, N) are the gate, [N, 2N) the up projection; with SPLIT_K == 1 the
     epilogue writes silu(gate * gs[e, 0]) * (up * gs[e, 1]) rounded like the unfused path, else fp32
     partials [split, pair, 2N] (gate | up, already scaled) for _silu_mul_reduce_kernel.
-    Not GATED (w2): out = acc * gs[e] in out's dtype, or fp32 partials [split, pair, N]."""
+    Not GATED (w2): out = acc * gs[e] in out's dtype, or fp32 partials [split, pair, N].
+    DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
+    topk_ids; a token's top-k experts differ, so no weight is read twice."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(max_padded, BM)
+    if DIRECT:
+        num_m = num_pairs
+    else:
+        num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
     group = GROUP_M * num_n
     first_m = (pid // group) * GROUP_M
     size_m = tl.minimum(num_m - first_m, GROUP_M)
     pid_m = first_m + (pid % group) % size_m
     pid_n = (pid % group) // size_m
-    if pid_m * BM >= tl.load(npp_ptr):
-        return
+    if not DIRECT:
+        if pid_m * BM >= tl.load(npp_ptr):
+            return
     e = tl.load(expert_ptr + pid_m).to(tl.int64)
     if e < 0:
         return
 
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
+    if DIRECT:
+        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
+    else:
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
     row_ok = pair < num_pairs
     safe = tl.where(row_ok, pair, 0).to(tl.int64)
     if A_BY_TOKEN:
@@ -260,18 +269,21 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
 
 
 def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split):
-    sorted_ids, expert_ids, npp = align
-    max_padded = sorted_ids.numel()
+    """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode)."""
+    direct = isinstance(align, torch.Tensor)
+    sorted_ids, expert_ids, npp = (align, align, align) if direct else align
+    max_padded = num_pairs if direct else sorted_ids.numel()
     q = wq.shape[2]
     bkq = fit_block_kq(cfg, q)
-    grid = (triton.cdiv(max_padded, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    blocks = num_pairs if direct else triton.cdiv(max_padded, cfg.block_m)
+    grid = (blocks * triton.cdiv(n, cfg.block_n), split)
     s_or = out.stride(-2)
     s_os = out.stride(0) if split > 1 else 0
     _nvfp4_moe_gemm_kernel[grid](
         a, wq, sq, gs, out, sorted_ids, expert_ids, npp,
         num_pairs, max_padded, n, q, a.stride(0), wq.stride(0), wq.stride(1), sq.stride(0), sq.stride(1),
         gs.stride(0), s_or, s_os,
-        TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split,
+        TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
         BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -287,8 +299,8 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
     inter = two_i // 2
     k = topk_ids.shape[1]
     P = T * k
-    align = moe_align_block_size_triton(topk_ids, E, cfg.block_m)
     flat_ids = topk_ids.reshape(-1)
+    align = flat_ids if cfg.direct else moe_align_block_size_triton(topk_ids, E, cfg.block_m)
     act = torch.empty((P, inter), dtype=x.dtype, device=x.device)  # rows of -1 pairs stay unwritten
     split13 = _splits(cfg.w13, q13)
     if split13 == 1:
@@ -313,7 +325,9 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
 
 
 def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes: int):
-    """Dequantize experts to x's dtype (chunks of at most scratch_bytes) and run the bf16 grouped MoE."""
+    """Dequantize experts to x's dtype (chunks of at most scratch_bytes) and run the bf16 grouped MoE
+    (torch._grouped_mm; other dtypes on the GPU: tenk's Triton grouped GEMM)."""
+    grouped = fused_moe_grouped_mm if x.dtype == torch.bfloat16 or not x.is_cuda else fused_moe_triton
     E, two_i, q13 = w13q.shape
     H = x.shape[1]
     per_expert = (two_i * 4 * q13 + H * 4 * w2q.shape[2]) * x.element_size()
@@ -321,7 +335,7 @@ def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out,
     if chunk >= E:
         w13 = dequantize_kernel_layout(w13q, w13s, g13, x.dtype, gs_mode=2)
         w2 = dequantize_kernel_layout(w2q, w2s, g2, x.dtype, gs_mode=1)
-        return fused_moe_grouped_mm(x, w13, w2, topk_weights, topk_ids, out)
+        return grouped(x, w13, w2, topk_weights, topk_ids, out)
     acc = torch.zeros(out.shape, dtype=torch.float32, device=x.device)
     part = torch.empty_like(out)
     ids = topk_ids.to(torch.int32)
@@ -330,7 +344,7 @@ def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out,
         w13 = dequantize_kernel_layout(w13q[e0:e1], w13s[e0:e1], g13[e0:e1], x.dtype, gs_mode=2)
         w2 = dequantize_kernel_layout(w2q[e0:e1], w2s[e0:e1], g2[e0:e1], x.dtype, gs_mode=1)
         local = torch.where((ids >= e0) & (ids < e1), ids - e0, -1)
-        acc += fused_moe_grouped_mm(x, w13, w2, topk_weights, local, part).float()
+        acc += grouped(x, w13, w2, topk_weights, local, part).float()
         del w13, w2
     return out.copy_(acc)
 
@@ -347,6 +361,7 @@ def nvfp4_fused_moe(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weig
         return out
     if x.stride(1) != 1:
         x = x.contiguous()
+    topk_weights = topk_weights.contiguous()  # the combine indexes it as [T * k]
     w13q, w13s = to_kernel_layout(w13_weight, w13_weight_scale)
     w2q, w2s = to_kernel_layout(w2_weight, w2_weight_scale)
     g13 = w13_weight_scale_2.float().reshape(E, 2).contiguous()

@@ -43,13 +43,15 @@ def nvfp4_dequant_linear_weight(
     return (base * _per_row(weight_scale_2, shard_sizes)).to(dtype)
 
 
-def _nvfp4_kernels_apply(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The Triton NVFP4 kernels (tenk.kernels.nvfp4_gemm / nvfp4_moe) serve CUDA tensors in bf16/fp16
-    whose K is a multiple of 64; everything else takes the torch reference below."""
-    if not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
+def _nvfp4_kernels_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """The Triton NVFP4 kernels (tenk.kernels.nvfp4_gemm / nvfp4_moe) serve CUDA activations in
+    bf16/fp16 when K is a multiple of 64, and always serve weights already re-laid for them (int16,
+    done at load time on CUDA by the methods); everything else takes the torch reference below."""
+    if not x.is_cuda:
         return False
-    k = weight.shape[-1] * (4 if weight.dtype == torch.int16 else 2)
-    return k % 64 == 0
+    if all(w.dtype == torch.int16 for w in weights):
+        return True
+    return x.dtype in (torch.bfloat16, torch.float16) and all(w.shape[-1] * 2 % 64 == 0 for w in weights)
 
 
 def nvfp4_linear(x, weight, weight_scale, weight_scale_2, shard_sizes, bias=None) -> torch.Tensor:
@@ -85,7 +87,7 @@ def nvfp4_moe(
     topk_ids: torch.Tensor,  # [T, k]
 ) -> torch.Tensor:
     """On CUDA: the Triton NVFP4 fused MoE (weights re-laid at load time by Nvfp4MoEMethod)."""
-    if _nvfp4_kernels_apply(x, w13_weight) and _nvfp4_kernels_apply(x, w2_weight):
+    if _nvfp4_kernels_apply(x, w13_weight, w2_weight):
         from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
 
         return nvfp4_fused_moe(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,

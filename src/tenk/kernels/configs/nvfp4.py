@@ -63,6 +63,7 @@ class Nvfp4MoeConfig:
     w13: Nvfp4Config = field(default_factory=Nvfp4Config)
     w2: Nvfp4Config = field(default_factory=Nvfp4Config)
     impl: str = "fused"
+    direct: bool = False  # tiny batches: one token block per (token, expert) pair, no alignment launch
 
     def __post_init__(self):
         if self.impl not in IMPLS:
@@ -75,11 +76,13 @@ class Nvfp4MoeConfig:
     def from_dict(cls, d: dict) -> "Nvfp4MoeConfig":
         bm = d["block_m"]
         return cls(block_m=bm, w13=Nvfp4Config.from_dict({**d["w13"], "block_m": bm}),
-                   w2=Nvfp4Config.from_dict({**d["w2"], "block_m": bm}), impl=d.get("impl", "fused"))
+                   w2=Nvfp4Config.from_dict({**d["w2"], "block_m": bm}), impl=d.get("impl", "fused"),
+                   direct=d.get("direct", False))
 
     def to_dict(self) -> dict:
         drop = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("block_m", "impl")}
-        return {"impl": self.impl, "block_m": self.block_m, "w13": drop(self.w13), "w2": drop(self.w2)}
+        return {"impl": self.impl, "block_m": self.block_m, "direct": self.direct, "w13": drop(self.w13),
+                "w2": drop(self.w2)}
 
 
 # ---------------------------------------------------------------- keys and files
@@ -103,7 +106,15 @@ def gpu_tag(device=None) -> str | None:
 
     if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
         return None
-    name = torch.cuda.get_device_name(device).upper()
+    index = torch.device(device).index if device is not None else None
+    return _tag_of(index if index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _tag_of(index: int) -> str | None:
+    import torch
+
+    name = torch.cuda.get_device_name(index).upper()
     for tag in ("H200", "H100"):
         if tag in name:
             return tag.lower()
@@ -158,6 +169,9 @@ def heuristic_dense(m: int, n: int, k: int) -> Nvfp4Config:
                        num_warps=4 if bn == 64 else 8, num_stages=4 if m <= 64 else 3)
 
 
+DIRECT_MAX_PAIRS = 16  # (token, expert) pairs up to which the heuristic skips the alignment launch
+
+
 def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
     per_expert = t * top_k / e
     bm = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64 if per_expert <= 64 else 128
@@ -171,7 +185,7 @@ def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
     split2 = _split_for(blocks * -(-h // bn), (i // 4) // bkq2) if bm <= 32 else 1
     common = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
     return Nvfp4MoeConfig(block_m=bm, w13=Nvfp4Config(block_kq=bkq13, split_k=split13, **common),
-                          w2=Nvfp4Config(block_kq=bkq2, split_k=split2, **common))
+                          w2=Nvfp4Config(block_kq=bkq2, split_k=split2, **common), direct=t * top_k <= DIRECT_MAX_PAIRS)
 
 
 # ---------------------------------------------------------------- lookups

@@ -1,0 +1,275 @@
+"""NVFP4 fused MoE against the bf16 torch._grouped_mm MoE, same routing, same run (issue 7).
+
+    python benchmarks/moe_kernels.py [--models qwen3,minimax] [--tokens 1,16,...] [--out DIR]
+    python benchmarks/moe_kernels.py --smoke   # CPU, Triton interpreter, tiny shapes: proves the script runs
+
+Expert shapes: Qwen3-30B-A3B (E 128, H 2048, I 768) and MiniMax-M2 (E 256, H 3072, I 1536), top-8,
+tokens routed by a softmax over random logits. NVFP4 weights are random codes and E4M3 scales made
+on the GPU in the kernel layout; the bf16 baseline runs on exactly those weights dequantized, so
+the two paths compute the same function and are checked against each other and against
+fused_moe_ref before anything is timed.
+
+Timing: triton.testing.do_bench median (L2 flushed), eager and as a CUDA-graph replay; "ms" is the
+graph replay up to 256 tokens (decode batches run as graphs in the engine) and eager above, for
+both paths alike. Reported per row: bytes the call must read (weights of the experts the batch
+touches + the activations), TB/s and TFLOP/s on them, speedup over bf16, and issue 7's targets on
+an H100: <= 256 tokens >= 75% of 3.0 TB/s and >= 2.5x bf16; >= 4096 tokens >= 50% of 790 TFLOP/s.
+Writes moe_kernels_<gpu>.json to $OUT (or benchmarks/results/). Budget: < 3 minutes on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a bare checkout too
+
+COPY_TBPS = 3.0  # H100 ceilings measured here (DESIGN.md)
+BF16_TFLOPS = 790.0
+TARGET_BW = 0.75
+TARGET_FLOPS = 0.5
+TARGET_SPEEDUP = 2.5
+GRAPH_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    experts: int
+    hidden: int
+    inter: int
+    top_k: int = 8
+
+
+SHAPES = {"qwen3": Shape("Qwen3-30B-A3B", 128, 2048, 768), "minimax": Shape("MiniMax-M2", 256, 3072, 1536)}
+SMOKE_SHAPES = {"qwen3": Shape("tiny-qwen3", 8, 128, 64, 2), "minimax": Shape("tiny-minimax", 6, 192, 128, 2)}
+TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)
+
+
+# ---------------------------------------------------------------- cases
+
+
+def make_experts(shape: Shape, device, seed: int = 0, checks: list | None = None, dense: bool = True):
+    """Random NVFP4 experts in the kernel layout + the same experts dequantized to bf16 (or fp32 in
+    smoke runs) by the dequant kernel, checked bit for bit against the torch dequantization on one
+    expert (the torch one needs ~20 GB of temporaries for all of MiniMax's). Global scales keep
+    activations O(1); w1 and w3 get different ones. dense=False: skip the bf16 copy."""
+    from tenk.kernels import nvfp4_gemm as ng
+    from tenk.kernels.nvfp4_moe import dequantize_experts
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    e, h, i = shape.experts, shape.hidden, shape.inter
+    codes = lambda *s: torch.randint(0, 256, s, generator=g, device=device, dtype=torch.uint8)
+    scales = lambda *s: (torch.rand(*s, generator=g, device=device) * 2 + 0.25).to(torch.float8_e4m3fn)
+    w13, s13, w2, s2 = codes(e, 2 * i, h // 2), scales(e, 2 * i, h // 16), codes(e, h, i // 2), scales(e, h, i // 16)
+    g13 = torch.stack([torch.full((e,), 0.5, device=device), torch.full((e,), 2.0, device=device)], 1) / (3.0 * h**0.5)
+    g2 = torch.full((e,), 1.0, device=device) / (3.0 * i**0.5)
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    packed = (*ng.pack_for_kernel(w13, s13), g13, *ng.pack_for_kernel(w2, s2), g2)
+    if not dense:  # the tuner needs only the NVFP4 weights
+        return packed, None
+    dense = (ng.dequantize_kernel_layout(packed[0], packed[1], g13, dtype, gs_mode=2),
+             ng.dequantize_kernel_layout(packed[3], packed[4], g2, dtype, gs_mode=1))
+    if checks is not None:
+        one = dequantize_experts(w13[:1], s13[:1], g13[:1], w2[:1], s2[:1], g2[:1], dtype)
+        same = all(torch.equal(a, b[:1]) for a, b in zip(one, dense))
+        checks.append({"model": shape.name, "impl": "dequant kernel == torch dequantize (expert 0)", "ok": same})
+    return packed, dense
+
+
+def make_routing(shape: Shape, tokens: int, device, seed: int):
+    g = torch.Generator(device=device).manual_seed(seed)
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    x = torch.randn(tokens, shape.hidden, generator=g, device=device).to(dtype)
+    probs = torch.randn(tokens, shape.experts, generator=g, device=device).softmax(-1)
+    w, ids = probs.topk(shape.top_k, dim=-1)
+    return x, (w / w.sum(-1, keepdim=True)).contiguous(), ids.to(torch.int32)
+
+
+def bytes_to_read(shape: Shape, ids: torch.Tensor, tokens: int, nvfp4: bool) -> tuple[int, int]:
+    """(weight bytes of the touched experts, activation bytes) one MoE call must read."""
+    touched = int(torch.unique(ids[ids >= 0]).numel())
+    n_weights = 3 * shape.hidden * shape.inter
+    per_expert = n_weights // 2 + n_weights // 16 + 12 if nvfp4 else 2 * n_weights  # codes + E4M3 + 3 globals
+    return touched * per_expert, tokens * shape.hidden * 2
+
+
+# ---------------------------------------------------------------- timing
+
+
+class Timer:
+    def __init__(self, smoke: bool):
+        self.smoke = smoke
+
+    def eager(self, fn) -> float:
+        if self.smoke:
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+
+    def graph(self, fn) -> float | None:
+        if self.smoke:
+            return None
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        ms = self.eager(graph.replay)
+        del graph
+        return ms
+
+
+# ---------------------------------------------------------------- run
+
+
+def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: list, checks: list) -> None:
+    from tenk.kernels import moe
+    from tenk.kernels.configs.nvfp4 import moe_config
+    from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
+    from tenk.kernels.testing import rel_err
+
+    packed, (w13, w2) = make_experts(shape, device, checks=checks)
+    for tokens in tokens_list:
+        x, tw, ids = make_routing(shape, tokens, device, seed=tokens)
+        out = torch.full_like(x, float("nan"))
+        bf16 = lambda: moe.fused_moe_grouped_mm(x, w13, w2, tw, ids, out=out)
+        cfg = moe_config(tokens, shape.experts, shape.hidden, shape.inter, shape.top_k, x.device)
+        nvfp4 = lambda c=cfg: nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=c)
+
+        # correctness first: both paths against the reference, on this batch (capped for time)
+        n_check = min(tokens, 1024 if not timer.smoke else tokens)
+        ref = moe.fused_moe_ref(x[:n_check], w13, w2, tw[:n_check], ids[:n_check])
+        for name, fn in (("nvfp4", nvfp4), ("bf16", bf16)):
+            out.fill_(float("nan"))
+            fn()
+            err = rel_err(out[:n_check], ref)
+            checks.append({"model": key, "tokens": tokens, "impl": name, "rel_err": err, "ok": err == err and err < 1e-2})
+
+        weight_b, act_b = bytes_to_read(shape, ids, tokens, nvfp4=True)
+        weight_b16, _ = bytes_to_read(shape, ids, tokens, nvfp4=False)
+        pairs = int((ids >= 0).sum())
+        flops = 2 * pairs * 3 * shape.hidden * shape.inter
+        use_graph = tokens <= GRAPH_MAX_TOKENS and not timer.smoke
+        timings = {}
+        for name, fn in (("nvfp4", nvfp4), ("bf16", bf16)):
+            eager = timer.eager(fn)
+            graph = timer.graph(fn) if use_graph else None
+            timings[name] = (eager, graph, graph if graph is not None else eager)
+        row = {
+            "model": key, "shape": shape.__dict__, "tokens": tokens, "pairs": pairs,
+            "config": {"impl": cfg.impl, "block_m": cfg.block_m, "w13": cfg.w13.to_dict(), "w2": cfg.w2.to_dict()},
+            "timing": "cuda_graph" if use_graph else "eager",
+            "nvfp4_ms": timings["nvfp4"][2], "nvfp4_eager_ms": timings["nvfp4"][0], "nvfp4_graph_ms": timings["nvfp4"][1],
+            "bf16_ms": timings["bf16"][2], "bf16_eager_ms": timings["bf16"][0], "bf16_graph_ms": timings["bf16"][1],
+            "nvfp4_bytes": weight_b + act_b, "bf16_bytes": weight_b16 + act_b, "flops": flops,
+        }
+        ms = row["nvfp4_ms"]
+        row["nvfp4_tbps"] = row["nvfp4_bytes"] / ms / 1e9
+        row["nvfp4_tflops"] = flops / ms / 1e9
+        row["bf16_tbps"] = row["bf16_bytes"] / row["bf16_ms"] / 1e9
+        row["bf16_tflops"] = flops / row["bf16_ms"] / 1e9
+        row["speedup"] = row["bf16_ms"] / ms
+        if tokens >= 1024 and not timer.smoke:  # the other NVFP4 path at sizes where either may win
+            other = "fused" if cfg.impl == "dequant" else "dequant"
+            alt = type(cfg)(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=other)
+            row[f"nvfp4_{other}_eager_ms"] = timer.eager(lambda: nvfp4(alt))
+        row["targets"] = targets(row)
+        rows.append(row)
+        print(format_row(row), flush=True)
+
+
+def targets(row: dict) -> dict:
+    t = {}
+    if row["tokens"] <= 256:
+        t["bandwidth"] = {"need_tbps": TARGET_BW * COPY_TBPS, "got": row["nvfp4_tbps"],
+                          "ok": row["nvfp4_tbps"] >= TARGET_BW * COPY_TBPS}
+        t["speedup"] = {"need": TARGET_SPEEDUP, "got": row["speedup"], "ok": row["speedup"] >= TARGET_SPEEDUP}
+    if row["tokens"] >= 4096:
+        t["compute"] = {"need_tflops": TARGET_FLOPS * BF16_TFLOPS, "got": row["nvfp4_tflops"],
+                        "ok": row["nvfp4_tflops"] >= TARGET_FLOPS * BF16_TFLOPS}
+    return t
+
+
+def format_row(r: dict) -> str:
+    flags = " ".join(f"{k}:{'ok' if v['ok'] else 'MISS'}" for k, v in r["targets"].items())
+    return (f"{r['model']:8s} T={r['tokens']:6d} {r['timing']:10s} nvfp4 {r['nvfp4_ms']:8.3f} ms "
+            f"{r['nvfp4_tbps']:5.2f} TB/s {r['nvfp4_tflops']:6.1f} TF | bf16 {r['bf16_ms']:8.3f} ms "
+            f"{r['bf16_tbps']:5.2f} TB/s {r['bf16_tflops']:6.1f} TF | x{r['speedup']:.2f} {flags}")
+
+
+def gpu_tag() -> str:
+    name = torch.cuda.get_device_name().upper()
+    for tag in ("H200", "H100", "A100", "B200"):
+        if tag in name:
+            return tag.lower()
+    return "".join(c if c.isalnum() else "_" for c in name.lower())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="qwen3,minimax")
+    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
+    parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
+    args = parser.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        print("moe_kernels.py needs a CUDA GPU (or --smoke on CPU)", file=sys.stderr)
+        return 2
+    device = "cpu" if args.smoke else "cuda"
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    tokens = (1, 5, 16) if args.smoke else tuple(int(t) for t in args.tokens.split(","))
+    timer = Timer(args.smoke)
+    started = time.time()
+    rows, checks, errors = [], [], {}
+    interpreter = contextlib.nullcontext()
+    if args.smoke:
+        from tenk.kernels.interpret import triton_interpreter
+
+        interpreter = triton_interpreter()
+    with interpreter:
+        for key in args.models.split(","):
+            try:
+                run_shape(key, shapes[key], tokens, timer, device, rows, checks)
+            except Exception:  # one broken model must not hide the other's numbers
+                errors[key] = traceback.format_exc()
+                print(f"[{key}] FAILED\n{errors[key]}", file=sys.stderr)
+            if not args.smoke:
+                torch.cuda.empty_cache()
+    import triton
+
+    result = {
+        "device": torch.cuda.get_device_name() if not args.smoke else "cpu (Triton interpreter, smoke shapes)",
+        "torch": torch.__version__, "triton": triton.__version__, "host": platform.node(),
+        "seconds": round(time.time() - started, 1),
+        "ceilings": {"copy_tbps": COPY_TBPS, "bf16_tflops": BF16_TFLOPS},
+        "checks": checks, "rows": rows, "errors": errors,
+        "targets_met": all(v["ok"] for r in rows for v in r["targets"].values()) and bool(rows),
+    }
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"moe_kernels_{'smoke' if args.smoke else gpu_tag()}.json"
+    path.write_text(json.dumps(result, indent=1))
+    bad = [c for c in checks if not c["ok"]]
+    print(f"wrote {path} in {result['seconds']} s; {len(bad)} failed checks; targets met: {result['targets_met']}")
+    return 1 if bad or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
