@@ -116,10 +116,6 @@ def core_split() -> tuple[set[int], set[int]]:
     return set(_ALL_CORES[:half]), set(_ALL_CORES[half:]) or set(_ALL_CORES)
 
 
-def pin_to(cores: set[int] | None):
-    return None if cores is None else (lambda: os.sched_setaffinity(0, cores))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,8 +131,13 @@ def start_server(cfg: CrossCheckConfig, model_dir: str, log_path: Path) -> tuple
     ]  # fmt: skip
     # one torch thread: the tiny model's matmuls are too small to split (tests/server/conftest.py)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TENK_API_KEY": API_KEY}
-    cores = core_split()[1] if cfg.pin else None
-    proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, preexec_fn=pin_to(cores))
+    mine = os.sched_getaffinity(0)
+    if cfg.pin:  # the server and its engine process inherit the server cores from us at fork
+        os.sched_setaffinity(0, core_split()[1])
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    finally:
+        os.sched_setaffinity(0, mine)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -252,7 +253,7 @@ def run_tenk(cfg: CrossCheckConfig, url: str, model_dir: str, c: int, n: int, se
         "--warmup", "0", "--workers", "1", "--tokenizer", model_dir, "--seed", str(seed),
         "--no-metrics", "--save-requests", "-q", "-o", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"tenk bench failed ({proc.returncode}): {proc.stderr[-2000:]}")
     doc = json.loads(out.read_text())
@@ -296,7 +297,7 @@ def aiperf_cmd(cfg: CrossCheckConfig, client: str, url: str, model_dir: str, c: 
 def run_aiperf(cfg: CrossCheckConfig, client: str, url: str, model_dir: str, c: int, n: int, seed: int, work: Path) -> dict:
     art = work / f"{client}-c{c}-s{seed}"
     cmd = aiperf_cmd(cfg, client, url, model_dir, c, n, seed, art)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     summary = art / "profile_export_aiperf.json"
     if proc.returncode != 0 or not summary.exists():
         raise RuntimeError(f"aiperf failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
@@ -332,7 +333,7 @@ def run_raw(cfg: CrossCheckConfig, url: str, model_dir: str, c: int, n: int, see
     job = {"url": url, "model_dir": model_dir, "c": c, "n": n, "seed": seed, "out": str(out),
            "input_len": cfg.input_len, "output_len": cfg.output_len}  # fmt: skip
     cmd = [sys.executable, __file__, "--raw-child", json.dumps(job)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"raw client failed ({proc.returncode}): {proc.stderr[-2000:]}")
     recs = json.loads(out.read_text())
@@ -623,7 +624,7 @@ def main() -> None:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-    version = subprocess.run([cfg.aiperf, "--version"], capture_output=True, text=True).stdout.strip() if uses_aiperf else None
+    version = subprocess.run([cfg.aiperf, "--version"], capture_output=True, text=True, check=False).stdout.strip() if uses_aiperf else None
     doc = {
         "what": "tenk bench vs aiperf on one tenk server, same workload (benchmarks/crosscheck_client.py docstring)",
         "config": asdict(cfg) | {"model_dir": model_dir},
@@ -633,7 +634,7 @@ def main() -> None:
             "client_cores": sorted(core_split()[0]) if cfg.pin else None,
             "server_cores": sorted(core_split()[1]) if cfg.pin else None,
             "server_affinity": server_affinity, "client_affinity": sorted(os.sched_getaffinity(0)),
-        },  # fmt: skip
+        },
         "levels": summarize(cfg, runs),
         "runs": runs,
     }
