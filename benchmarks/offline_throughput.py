@@ -33,7 +33,8 @@ def run_tenk(model_dir: Path, prompts, args) -> dict:
         str(model_dir), load_format="dummy", dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_model_len=args.input_len + args.output_len + 16, gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager,
-        enable_prefix_caching=False,
+        enable_prefix_caching=False, quantization=args.quantization,
+        tensor_parallel_size=args.tensor_parallel_size, kv_cache_dtype=args.kv_cache_dtype,
     )
     startup = time.perf_counter() - t0
     params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, temperature=0.0, detokenize=False) \
@@ -47,7 +48,7 @@ def run_tenk(model_dir: Path, prompts, args) -> dict:
     gen = sum(len(o.outputs[0].token_ids) for o in outs)
     stats = llm.engine.get_stats()
     return {
-        "engine": "tenk", "dtype": args.dtype, "num_prompts": len(prompts), "generated_tokens": gen,
+        "engine": "tenk", "dtype": args.dtype, "quantization": args.quantization, "tensor_parallel_size": args.tensor_parallel_size, "num_prompts": len(prompts), "generated_tokens": gen,
         "wall_s": wall, "output_tok_s": gen / wall, "total_tok_s": (gen + sum(map(len, prompts))) / wall,
         "startup_s": startup, "kv_capacity_tokens": stats.kv_capacity_tokens, "num_preemptions": stats.num_preemptions,
         "max_num_seqs": args.max_num_seqs,
@@ -97,12 +98,16 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto (= --dtype) | fp8 | fp8_e4m3")
+    ap.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
+    ap.add_argument("--quantization", default="none", help="none | nvfp4 | nvfp4-all | fp8 (weights made in that format)")
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--peer-num-prompts", type=int, default=256, help="0 skips the transformers peer")
     ap.add_argument("--peer-max-batch-tokens", type=int, default=None)
+    ap.add_argument("--no-tenk", action="store_true", help="measure only the transformers peer")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -117,9 +122,11 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "python": sys.version.split()[0], "runs": [],
     }
-    tenk_run = run_tenk(model_dir, prompts, args)
-    result["runs"].append(tenk_run)
-    print(f"tenk {args.dtype}: {tenk_run['output_tok_s']:.0f} output tok/s ({tenk_run['generated_tokens']} tokens in {tenk_run['wall_s']:.1f} s)", flush=True)
+    tenk_run = None
+    if not args.no_tenk:
+        tenk_run = run_tenk(model_dir, prompts, args)
+        result["runs"].append(tenk_run)
+        print(f"tenk {args.dtype}: {tenk_run['output_tok_s']:.0f} output tok/s ({tenk_run['generated_tokens']} tokens in {tenk_run['wall_s']:.1f} s)", flush=True)
     if args.peer_num_prompts > 0 and torch.cuda.is_available():
         import gc
 
@@ -132,8 +139,9 @@ def main() -> None:
         result["runs"].append(peer)
         if "output_tok_s" in peer:
             print(f"transformers: {peer['output_tok_s']:.0f} output tok/s ({peer['generated_tokens']} tokens in {peer['wall_s']:.1f} s)")
-            result["tenk_vs_peer"] = tenk_run["output_tok_s"] / peer["output_tok_s"]
-            print(f"tenk / transformers = {result['tenk_vs_peer']:.1f}x")
+            if tenk_run is not None:
+                result["tenk_vs_peer"] = tenk_run["output_tok_s"] / peer["output_tok_s"]
+                print(f"tenk / transformers = {result['tenk_vs_peer']:.1f}x")
         else:
             print(f"transformers peer failed: {peer['error']}")
     text = json.dumps(result, indent=2)

@@ -21,6 +21,10 @@ def test_bad_flags_are_config_errors():
     assert LengthRange.parse("200:300") == LengthRange(200, 300)
     assert LengthRange.parse("100", range_ratio=0.1) == LengthRange(90, 110)
     assert BenchConfig(urls=["http://h"], concurrency=(1, 8)).levels()[1]["num_prompts"] == 64
+    short = BenchConfig(urls=["http://h"], concurrency=(1, 8, 100), prompts_per_concurrency=1.5, min_prompts=10)
+    assert [lv["num_prompts"] for lv in short.levels()] == [10, 12, 150]
+    with pytest.raises(ConfigError, match="--min-prompts"):
+        BenchConfig(urls=["http://h"], min_prompts=0)
 
 
 def test_unreachable_server_is_one_sentence():

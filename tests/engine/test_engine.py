@@ -287,3 +287,15 @@ def test_add_request_rejects_bad_input(make_engine):
     c = final.outputs[0]
     # max_tokens=None runs to the context length (or an EOS before it).
     assert (c.finish_reason, len(c.token_ids)) == ("length", 62) or c.finish_reason == "stop"
+
+
+def test_moe_bucket_warm_up_covers_the_step_budget_and_leaves_outputs_alone(make_engine):
+    """The start-up MoE warm-up (run on GPUs so Triton compiles before serving) launches every
+    token bucket up to max_num_batched_tokens, and touches no state a request sees."""
+    engine = make_engine(max_num_batched_tokens=300)
+    prompt = list(range(20, 70))
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    before = run_all(engine, [prompt], greedy)[0].outputs[0].token_ids
+    sizes = engine.runner.warm_up_moe_buckets()
+    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert run_all(engine, [prompt], greedy)[0].outputs[0].token_ids == before

@@ -119,13 +119,19 @@ class RequestSender:
                 choices = obj.get("choices")
                 if choices:
                     c0 = choices[0]
+                    finishing = bool(c0.get("finish_reason"))
                     if "text" in c0:
-                        text = c0["text"]
+                        text = c0["text"] or ""
+                        carries = bool(text) or (c0["text"] is not None and not finishing)
                     else:
                         delta = c0.get("delta") or {}
                         text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-                    if text:
+                        # the role-only opening chunk comes before any token; an empty content
+                        # chunk is a step whose tokens have no text yet (vLLM and tenk send those)
+                        carries = bool(text) or ("content" in delta and "role" not in delta and not finishing)
+                    if carries:
                         times.append(now)
+                    if text:
                         texts.append(text)
                     if c0.get("finish_reason"):
                         rec.finish_reason = c0["finish_reason"]

@@ -6,6 +6,8 @@ benchmarks/headline.py) builds it directly and calls `tenk.bench.run_sweep(confi
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass, field
 
@@ -109,7 +111,9 @@ class BenchConfig:
     concurrency: tuple[int, ...] = SEED_CONCURRENCY
     request_rate: float | None = None  # requests/s (Poisson); replaces the concurrency sweep
     max_concurrency: int | None = None  # cap on in-flight requests in request-rate mode
-    num_prompts: int | None = None  # per level; None: max(4 * c, 64)
+    num_prompts: int | None = None  # per level; None: max(prompts_per_concurrency * c, min_prompts)
+    prompts_per_concurrency: float = 4.0
+    min_prompts: int = 64
     warmup: int = 4  # requests sent once before the sweep, not measured
     workers: int = field(default_factory=default_workers)
     balance: str = "least"  # "least" (least outstanding) | "rr" (round-robin) across --url
@@ -164,6 +168,8 @@ class BenchConfig:
             raise ConfigError(f"--request-rate {self.request_rate} must be > 0 requests/s")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError("--num-prompts must be >= 1")
+        if not self.prompts_per_concurrency > 0 or self.min_prompts < 1:
+            raise ConfigError("--prompts-per-concurrency must be > 0 and --min-prompts >= 1")
         if self.workers < 1:
             raise ConfigError("--workers must be >= 1")
         if self.warmup < 0:
@@ -175,7 +181,7 @@ class BenchConfig:
             n = self.num_prompts or 64
             return [{"concurrency": self.max_concurrency, "request_rate": self.request_rate, "num_prompts": n}]
         return [
-            {"concurrency": c, "request_rate": None, "num_prompts": self.num_prompts or max(4 * c, 64)}
+            {"concurrency": c, "request_rate": None, "num_prompts": self.num_prompts or max(math.ceil(self.prompts_per_concurrency * c), self.min_prompts)}
             for c in self.concurrency
         ]
 

@@ -80,7 +80,8 @@ async def random_prompts(config: BenchConfig, n: int, seed: int, counter, pool: 
     stats = DatasetStats(prompts=n)
     lengths = [(_draw(rng, config.input_len), _draw(rng, config.output_len)) for _ in range(n)]
     if config.prompt_format == "ids":
-        vocab = pool or list(range(1000, getattr(counter, "vocab_size", 32000)))
+        n_vocab = getattr(counter, "vocab_size", 32000)
+        vocab = pool or list(range(min(1000, n_vocab // 2), n_vocab))
         return [Prompt([rng.choice(vocab) for _ in range(li)], None, li, lo) for li, lo in lengths], stats
     if counter is None:
         raise ConfigError(

@@ -37,6 +37,7 @@ def plan(
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", help="Tokens per step (default max(8192, max-num-seqs)); sets the activation reserve."),
     context_len: int = typer.Option(2048, "--context-len", help="Tokens per sequence (prompt + output) for concurrency and KV reads."),
     block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="auto (the model's dtype), or fp8 / fp8_e4m3: 1 byte per element, twice bf16's tokens. Emitted scripts pass it on."),
     hbm_bandwidth: Optional[str] = typer.Option(None, "--hbm-bandwidth", help="Memory bandwidth per GPU, e.g. 3.35TB/s (default: --gpu's, else 3.35TB/s)."),
     peak_tflops: Optional[str] = typer.Option(None, "--peak-tflops", help="Dense bf16 TFLOP/s per GPU (default: --gpu's, else 790)."),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", help="nvlink or pcie (default: --gpu's, else nvlink)."),
@@ -82,6 +83,7 @@ def plan(
         gpus=gpus, gpu=spec, quantizations=quants, max_model_len=max_model_len,
         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, block_size=block_size, context_len=context_len,
+        kv_cache_dtype=kv_cache_dtype,
     )
     with console.status("planning layouts..."):
         the_plan = make_plan(source, cfg)
@@ -91,7 +93,10 @@ def plan(
     if emit:
         _emit(the_plan, source, emit, layouts)
     if autotune:
-        extra["autotune"] = _autotune(the_plan, source, layouts, gpus, device, tuple(serve_arg or ()), dict(
+        serve_extra = tuple(serve_arg or ())
+        if cfg.kv_cache_dtype != "auto":  # the servers must size KV as the plan did
+            serve_extra += ("--kv-cache-dtype", cfg.kv_cache_dtype)
+        extra["autotune"] = _autotune(the_plan, source, layouts, gpus, device, serve_extra, dict(
             top_k=autotune_top, concurrency=levels,
             input_len=autotune_input_len, output_len=autotune_output_len, num_prompts=autotune_num_prompts,
             out_dir=autotune_dir,

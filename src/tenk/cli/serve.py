@@ -50,6 +50,8 @@ def serve(
     enable_prefix_caching: bool = typer.Option(
         True, "--enable-prefix-caching/--no-enable-prefix-caching", help="Reuse KV blocks of shared prompt prefixes."),
     block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+    kv_cache_dtype: str = typer.Option(
+        "auto", "--kv-cache-dtype", help="auto (the model's dtype), or fp8 / fp8_e4m3: 1 byte per element, twice bf16's tokens."),
     num_kv_blocks: Optional[int] = typer.Option(
         None, "--num-kv-blocks", help="Fix the KV pool size (default: sized from memory)."),
     seed: int = typer.Option(0, help="Engine seed."),
@@ -71,7 +73,8 @@ def serve(
     engine = dict(
         tokenizer=tokenizer, dtype=dtype, device=device, load_format=load_format, quantization=quantization,
         max_num_seqs=max_num_seqs, max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
-        block_size=block_size, gpu_memory_utilization=gpu_memory_utilization, num_kv_blocks=num_kv_blocks,
+        block_size=block_size, kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
+        num_kv_blocks=num_kv_blocks,
         enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
         tensor_parallel_size=tensor_parallel_size, enable_expert_parallel=enable_expert_parallel, seed=seed,
     )  # fmt: skip

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from tenk.engine.kv_cache import kv_cache_torch_dtype
+from tenk.engine.kv_cache_dtype import check_kv_cache_dtype
 from tenk.errors import ConfigError
 from tenk.models.config import ModelConfig
 
@@ -41,6 +43,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     num_kv_blocks: int | None = None  # fixes the KV pool size (tests, CPU); None: sized from memory
     kv_cache_memory_bytes: int | None = None  # CPU: bytes for the KV pool; None: see kv_cache.py
+    kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8 | fp8_e4m3: e4m3, 1 byte per element
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs
     async_scheduling: bool = True  # schedule step N+1 while step N runs; False: one step at a time
@@ -51,6 +54,7 @@ class EngineConfig:
     model_config: ModelConfig = field(init=False, repr=False)
     torch_device: torch.device = field(init=False, repr=False)
     torch_dtype: torch.dtype = field(init=False, repr=False)
+    kv_cache_torch_dtype: torch.dtype = field(init=False, repr=False)
     max_model_len_explicit: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,7 @@ class EngineConfig:
             raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
             raise ConfigError(f"kv_cache_memory_bytes must be >= 1, got {self.kv_cache_memory_bytes}")
+        self.kv_cache_dtype = check_kv_cache_dtype(self.kv_cache_dtype)
         if self.load_format not in ("auto", "safetensors", "dummy"):
             raise ConfigError(f"load_format must be 'auto', 'safetensors' or 'dummy', got {self.load_format!r}")
 
@@ -100,6 +105,15 @@ class EngineConfig:
                 f"but {torch.cuda.device_count()} are visible"
             )
         self.torch_dtype = _resolve_dtype(self.dtype, self.model_config, self.torch_device)
+        self.kv_cache_torch_dtype = kv_cache_torch_dtype(self.kv_cache_dtype, self.torch_dtype)
+        if self.kv_cache_dtype != "auto" and self.torch_device.type == "cuda":
+            # Triton converts e4m3 in hardware from Ada / Hopper on; older GPUs cannot run the kernels.
+            cap = torch.cuda.get_device_capability(self.torch_device)
+            if cap < (8, 9):
+                raise ConfigError(
+                    f"kv_cache_dtype {self.kv_cache_dtype} needs a GPU of compute capability 8.9 or newer, "
+                    f"this one is {cap[0]}.{cap[1]}: use kv_cache_dtype auto"
+                )
 
     @classmethod
     def field_names(cls) -> set[str]:

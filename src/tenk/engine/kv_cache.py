@@ -3,15 +3,24 @@
 `kv_cache_num_blocks` is a pure function of the model shape and a memory budget, so `tenk plan`
 prints exactly what the engine will allocate. Per layer the cache is K and V, each
 `[num_blocks, block_size, num_kv_heads_per_rank, head_dim]`; one block therefore costs
-2 * layers * block_size * kv_heads_per_rank * head_dim * dtype bytes."""
+2 * layers * block_size * kv_heads_per_rank * head_dim * dtype bytes. The dtype is the cache's
+(`kv_cache_torch_dtype`): the model's, or fp8 e4m3 at one byte, which holds twice the tokens."""
 
 from __future__ import annotations
 
 import torch
 
+from tenk.engine.kv_cache_dtype import check_kv_cache_dtype
 from tenk.models.config import ModelConfig
 
 CPU_DEFAULT_KV_BYTES = 1 << 30  # CPU without a configured size: at most 1 GiB of KV
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """`--kv-cache-dtype` as a torch dtype: "auto" is the model's dtype, "fp8"/"fp8_e4m3" e4m3."""
+    if check_kv_cache_dtype(kv_cache_dtype) == "auto":
+        return model_dtype
+    return torch.float8_e4m3fn
 
 
 def kv_heads_per_rank(model_config: ModelConfig, tp_size: int = 1) -> int:

@@ -65,7 +65,10 @@ class LLMEngine:
         except BaseException:
             self.runner.close()
             raise
-        logger.info("KV cache: %d tokens (%d blocks of %d)", num_blocks * config.block_size, num_blocks, config.block_size)
+        logger.info(
+            "KV cache: %d tokens in %s (%d blocks of %d)", num_blocks * config.block_size,
+            str(config.kv_cache_torch_dtype).removeprefix("torch."), num_blocks, config.block_size,
+        )
 
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(

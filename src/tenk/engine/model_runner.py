@@ -44,6 +44,7 @@ class ModelRunner:
         self.rank = rank
         self.device = config.torch_device
         self.dtype = config.torch_dtype
+        self.kv_dtype = config.kv_cache_torch_dtype  # the model's dtype, or fp8 e4m3
         self.model_config = config.model_config
         self.block_size = config.block_size
         self.eos_token_ids = eos_token_ids
@@ -124,7 +125,7 @@ class ModelRunner:
     def _size_kv_cache(self) -> int:
         cfg = self.config
         kw = dict(
-            dtype=self.dtype, block_size=cfg.block_size, tp_size=cfg.tensor_parallel_size,
+            dtype=self.kv_dtype, block_size=cfg.block_size, tp_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
             num_kv_blocks=cfg.num_kv_blocks, max_num_seqs=cfg.max_num_seqs, max_model_len=cfg.max_model_len,
         )
@@ -141,6 +142,28 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info()
         return kv_cache_num_blocks(self.model_config, total_bytes=total, used_bytes=total - free + activation_peak, **kw)
 
+    @torch.inference_mode()
+    def warm_up_moe_buckets(self) -> list[int]:
+        """Run the first layer's experts once per token bucket of the launch-config tables, up to
+        the step budget, so Triton compiles every MoE variant at start-up: compiled on first use,
+        each cost a serving step a second or more (seen as TTFT outliers in the first levels of a
+        sweep). Returns the bucket sizes run."""
+        from tenk.kernels.configs.nvfp4 import M_BUCKETS
+        from tenk.models.layers.moe import FusedMoE
+
+        moe = next((m for m in self.model.modules() if isinstance(m, FusedMoE)), None)
+        if moe is None:
+            return []
+        hidden, experts, k = self.model_config.hidden_size, moe.global_num_experts, moe.top_k
+        sizes = [m for m in M_BUCKETS if m <= self.config.max_num_batched_tokens]
+        for m in sizes:
+            x = torch.zeros(m, hidden, dtype=self.dtype, device=self.device)
+            # k distinct experts per token, spread over all of them (k <= experts)
+            ids = (torch.arange(m * k, device=self.device) % max(experts, k)).view(m, k) % experts
+            weights = torch.full((m, k), 1.0 / k, dtype=torch.float32, device=self.device)
+            moe(x, weights, ids)
+        return sizes
+
     def allocate(self, num_blocks: int, max_model_len: int | None = None) -> None:
         """Allocate and bind the KV cache, then capture CUDA graphs (they read the cache).
         `max_model_len`: the engine's, if it lowered it to what the cache holds."""
@@ -149,11 +172,13 @@ class ModelRunner:
             self.config.max_model_len = max_model_len
         first = self.layers[0]
         self.kv_cache = allocate_kv_cache(
-            len(self.layers), num_blocks, self.block_size, first.num_kv_heads, first.head_dim, self.dtype, self.device
+            len(self.layers), num_blocks, self.block_size, first.num_kv_heads, first.head_dim, self.kv_dtype, self.device
         )
         for i, layer in enumerate(self.layers):
             layer.k_cache = self.kv_cache[0, i]
             layer.v_cache = self.kv_cache[1, i]
+        if self.device.type == "cuda":
+            self.warm_up_moe_buckets()
         if self.device.type == "cuda" and not self.config.enforce_eager:
             self.graph_runner = CudaGraphRunner(
                 self.model, self.config.max_num_seqs, self.config.max_model_len, self.block_size,

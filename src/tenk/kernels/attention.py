@@ -13,6 +13,10 @@ chunked prefill after a cached prefix and a decode step.
 
 `paged_attention` is the entry point: it dispatches to the Triton kernel on CUDA and to
 `paged_attention_ref` (plain PyTorch) elsewhere. Both have the same signature.
+
+fp8 (e4m3) cache (`--kv-cache-dtype fp8`): the store writes k / k_scale (v / v_scale) saturated
+to +-448, attention reads the cache back times the scale. Scales are per tensor, Python floats
+(1.0 without calibration, as vLLM does), so a captured CUDA graph bakes them in with no host sync.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from tenk.kernels._common import FP8_E4M3_MAX, is_fp8
 
 
 @dataclass
@@ -61,23 +67,36 @@ class AttentionMetadata:
 # ---------------------------------------------------------------- KV store
 
 
+def _to_cache(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    if not is_fp8(dtype):
+        return x.to(dtype)
+    # e4m3fn has no infinity: torch casts values beyond +-448 to NaN, so saturate first.
+    return (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(dtype)
+
+
+def _from_cache(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return x.float() * scale if is_fp8(x.dtype) else x
+
+
 def store_kvcache_ref(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
-    """Write this step's keys/values into their cache slots (slot = block * block_size + offset)."""
+    """Write this step's keys/values into their cache slots (slot = block * block_size + offset);
+    into an fp8 cache as k / k_scale and v / v_scale."""
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
-    k_cache.view(num_slots, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
-    v_cache.view(num_slots, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+    k_cache.view(num_slots, *k_cache.shape[2:])[slots] = _to_cache(k[keep], k_scale, k_cache.dtype)
+    v_cache.view(num_slots, *v_cache.shape[2:])[slots] = _to_cache(v[keep], v_scale, v_cache.dtype)
 
 
-def store_kvcache(k, v, k_cache, v_cache, slot_mapping) -> None:
+def store_kvcache(k, v, k_cache, v_cache, slot_mapping, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     if k.is_cuda:
         from tenk.kernels.attention_triton import store_kvcache_triton
 
-        return store_kvcache_triton(k, v, k_cache, v_cache, slot_mapping)
-    return store_kvcache_ref(k, v, k_cache, v_cache, slot_mapping)
+        return store_kvcache_triton(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    return store_kvcache_ref(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
 
 
 # ---------------------------------------------------------------- attention
@@ -107,9 +126,12 @@ def paged_attention_ref(
     v_cache: torch.Tensor | None,
     meta: AttentionMetadata,
     scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Reference: one sequence at a time, gathering its context from the block table.
-    Expects this step's k/v already stored in the cache (when there is one)."""
+    """Reference: one sequence at a time, gathering its context from the block table (an fp8
+    cache read back times k_scale / v_scale). Expects this step's k/v already stored in the
+    cache (when there is one)."""
     out = torch.empty_like(q)
     cu = meta.cu_seqlens_q_cpu
     for i, ctx_len in enumerate(meta.seq_lens_cpu):
@@ -122,15 +144,17 @@ def paged_attention_ref(
             block_size = k_cache.shape[1]
             n_blocks = (ctx_len + block_size - 1) // block_size
             blocks = meta.block_tables[i, :n_blocks].long()
-            ks = k_cache[blocks].reshape(-1, *k_cache.shape[2:])[:ctx_len]
-            vs = v_cache[blocks].reshape(-1, *v_cache.shape[2:])[:ctx_len]
+            ks = _from_cache(k_cache[blocks].reshape(-1, *k_cache.shape[2:])[:ctx_len], k_scale)
+            vs = _from_cache(v_cache[blocks].reshape(-1, *v_cache.shape[2:])[:ctx_len], v_scale)
         out[s:e] = _causal_attend(q[s:e], ks, vs, scale)
     return out
 
 
-def paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def paged_attention(
+    q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, k_scale: float = 1.0, v_scale: float = 1.0
+) -> torch.Tensor:
     if q.is_cuda and k_cache is not None and meta.block_tables is not None:
         from tenk.kernels.attention_triton import paged_attention_triton
 
-        return paged_attention_triton(q, k, v, k_cache, v_cache, meta, scale)
-    return paged_attention_ref(q, k, v, k_cache, v_cache, meta, scale)
+        return paged_attention_triton(q, k, v, k_cache, v_cache, meta, scale, k_scale=k_scale, v_scale=v_scale)
+    return paged_attention_ref(q, k, v, k_cache, v_cache, meta, scale, k_scale, v_scale)

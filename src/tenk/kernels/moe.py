@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from tenk.kernels._common import next_pow2
 from tenk.kernels._triton import tl, triton
-from tenk.kernels.activation import silu_and_mul_triton
+from tenk.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 
 DEFAULT_GPU_IMPL = "grouped_mm"  # for bf16; other dtypes always take "triton"
 
@@ -46,7 +46,7 @@ def _check(x, w13, w2, topk_weights, topk_ids) -> tuple[int, int, int, int, int]
 
 
 def fused_moe_ref(x, w13, w2, topk_weights, topk_ids, out: torch.Tensor | None = None) -> torch.Tensor:
-    T, H, E, inter, k = _check(x, w13, w2, topk_weights, topk_ids)
+    T, H, E, _, k = _check(x, w13, w2, topk_weights, topk_ids)
     flat = topk_ids.reshape(-1).long()
     valid = flat >= 0
     order = torch.argsort(flat.masked_fill(~valid, E), stable=True)  # pairs grouped by expert
@@ -61,7 +61,7 @@ def fused_moe_ref(x, w13, w2, topk_weights, topk_ids, out: torch.Tensor | None =
         start += n
         tok = pairs // k
         h = F.linear(x[tok], w13[e])  # [n, 2I]
-        a = F.silu(h[:, :inter]) * h[:, inter:]
+        a = silu_and_mul_ref(h)  # [n, I]
         y = F.linear(a, w2[e])  # [n, H]
         acc.index_add_(0, tok, y.float() * weights[pairs, None])
     if out is None:

@@ -17,6 +17,9 @@ import torch
 from tenk.kernels._common import next_pow2
 from tenk.kernels._triton import tl, triton
 
+# Tests set it to run the Triton path on CPU tensors (under tenk.kernels.interpret.triton_interpreter).
+FORCE_TRITON = False
+
 
 def rope_cos_sin_cache(rotary_dim: int, max_position: int, base: float, device=None) -> torch.Tensor:
     """Default (unscaled) RoPE table, fp32 [max_position, rotary_dim] = [cos | sin]."""
@@ -105,6 +108,6 @@ def apply_rotary_triton(q, k, positions, cos_sin_cache, rotary_dim):
 
 def apply_rotary(q, k, positions, cos_sin_cache, rotary_dim):
     """In place on q and k; returns them."""
-    if q.is_cuda:
+    if q.is_cuda or FORCE_TRITON:
         return apply_rotary_triton(q, k, positions, cos_sin_cache, rotary_dim)
     return apply_rotary_ref(q, k, positions, cos_sin_cache, rotary_dim)

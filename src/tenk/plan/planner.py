@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tenk.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS
-from tenk.engine.kv_cache import kv_block_bytes, kv_cache_num_blocks
+from tenk.engine.kv_cache import kv_block_bytes, kv_cache_num_blocks, kv_cache_torch_dtype
+from tenk.engine.kv_cache_dtype import check_kv_cache_dtype
 from tenk.errors import ConfigError
 from tenk.models.checkpoint_specs import checkpoint_tensor_specs
 from tenk.plan.hardware import GpuSpec
@@ -39,7 +40,8 @@ class PlanConfig:
     max_num_batched_tokens: int | None = None  # None: the engine's default, max(8192, max_num_seqs)
     block_size: int = 16
     context_len: int = 2048  # tokens a sequence holds (prompt + output): sets concurrency and KV reads
-    dtype: str = "bfloat16"  # the engine's dtype for unquantized weights and the KV cache
+    dtype: str = "bfloat16"  # the engine's dtype for unquantized weights (and the KV cache under "auto")
+    kv_cache_dtype: str = "auto"  # the engine's --kv-cache-dtype: auto (= dtype) | fp8 | fp8_e4m3 (1 byte)
     kv_cache_memory_bytes: int | None = None  # fixes the KV bytes per GPU (the engine's CPU knob)
     tp_sizes: tuple[int, ...] | None = None  # None: every power of two up to gpus
 
@@ -56,6 +58,7 @@ class PlanConfig:
         self.dtype = _DTYPE_ALIASES.get(self.dtype, self.dtype)
         if self.dtype not in _TORCH_DTYPES:
             raise ConfigError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        self.kv_cache_dtype = check_kv_cache_dtype(self.kv_cache_dtype, "--kv-cache-dtype")
         if not self.quantizations:
             raise ConfigError("give at least one --quantization")
         if self.tp_sizes is None:
@@ -162,6 +165,7 @@ class Plan:
                 "gpu_memory_utilization": c.gpu_memory_utilization, "max_num_seqs": c.max_num_seqs,
                 "max_model_len": c.max_model_len, "max_num_batched_tokens": c.max_num_batched_tokens,
                 "block_size": c.block_size, "context_len": c.context_len, "dtype": c.dtype,
+                "kv_cache_dtype": c.kv_cache_dtype,
             },
             "checkpoint_bytes": dict(self.checkpoint_bytes),
             "layouts": [lp.as_dict() for lp in self.layouts],
@@ -170,7 +174,8 @@ class Plan:
 
 def _size_rank(source: ModelSource, cfg: PlanConfig, lp: LayoutPlan, max_model_len: int) -> None:
     mc = source.model_config
-    tp, dtype = lp.tp, _TORCH_DTYPES[cfg.dtype]
+    tp = lp.tp
+    kv_dtype = kv_cache_torch_dtype(cfg.kv_cache_dtype, _TORCH_DTYPES[cfg.dtype])
     a = itemsize(cfg.dtype)
     mnbt = cfg.max_num_batched_tokens or max(DEFAULT_MAX_NUM_BATCHED_TOKENS, cfg.max_num_seqs)
     rope = rope_table_bytes(mc)
@@ -181,7 +186,7 @@ def _size_rank(source: ModelSource, cfg: PlanConfig, lp: LayoutPlan, max_model_l
     used = lp.weights.total + rope + context + activation
     # The engine's own sizing function, called as ModelRunner._size_kv_cache calls it.
     blocks = kv_cache_num_blocks(
-        mc, dtype=dtype, block_size=cfg.block_size, tp_size=tp, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        mc, dtype=kv_dtype, block_size=cfg.block_size, tp_size=tp, gpu_memory_utilization=cfg.gpu_memory_utilization,
         total_bytes=cfg.gpu.memory_bytes, used_bytes=used, kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
         max_num_seqs=cfg.max_num_seqs, max_model_len=max_model_len,
     )
@@ -191,7 +196,7 @@ def _size_rank(source: ModelSource, cfg: PlanConfig, lp: LayoutPlan, max_model_l
         graph_pool=cuda_graph_pool_bytes(
             mc, max_num_seqs=cfg.max_num_seqs, max_model_len=max_model_len, block_size=cfg.block_size, tp=tp, dtype_bytes=a
         ),
-        kv_block_bytes=kv_block_bytes(mc, cfg.block_size, dtype, tp), kv_blocks=blocks,
+        kv_block_bytes=kv_block_bytes(mc, cfg.block_size, kv_dtype, tp), kv_blocks=blocks,
     )
 
 

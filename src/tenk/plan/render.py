@@ -17,7 +17,8 @@ def plan_table(plan: Plan) -> Table:
     c = plan.config
     title = (f"tenk plan: {plan.model} on {c.gpus} x {c.gpu.memory_bytes / GIB:.1f} GiB "
              f"({c.gpu.hbm_bandwidth / 1e12:.2f} TB/s, {c.gpu.peak_flops / 1e12:.0f} TFLOP/s, {c.gpu.interconnect}), "
-             f"utilization {c.gpu_memory_utilization:g}, context {c.context_len}, max_num_seqs {c.max_num_seqs}")
+             f"utilization {c.gpu_memory_utilization:g}, context {c.context_len}, max_num_seqs {c.max_num_seqs}"
+             f"{', KV cache fp8' if c.kv_cache_dtype != 'auto' else ''}")
     t = Table(title=title, title_justify="left", header_style="bold")
     for name in ("#", "quant", "layout", "GPUs", "weights/GPU", "runtime/GPU", "KV/GPU", "KV tokens/replica",
                  "KV tokens", "seqs@ctx", "est tok/s", "tok/s @1", "bound"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenk.engine.kv_cache_dtype import check_kv_cache_dtype
 from tenk.errors import ConfigError
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -53,6 +54,9 @@ class ServerArgs:
             self.served_model_name = names
         if self.api_key is not None and not self.api_key:
             self.api_key = None
+        # Checked here too, so a typo fails at once rather than after the engine processes start.
+        if "kv_cache_dtype" in self.engine:
+            check_kv_cache_dtype(self.engine["kv_cache_dtype"], "--kv-cache-dtype")
 
     @property
     def model_names(self) -> list[str]:

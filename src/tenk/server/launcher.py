@@ -151,7 +151,15 @@ def _start_replicas(args: ServerArgs, launcher: ReplicaLauncher) -> tuple[list, 
 
 def _prepare(args: ServerArgs) -> tuple[_Server, socket.socket, ServerHandle]:
     if not Path(args.model).is_dir():
-        raise CheckpointError(f"model directory {args.model!r} does not exist (tenk serves local Hugging Face folders)")
+        from tenk.models.presets import PRESETS
+        from tenk.models.source import resolve_model_dir
+
+        if args.model not in PRESETS:
+            raise CheckpointError(f"model directory {args.model!r} does not exist (tenk serves local Hugging Face "
+                                  f"folders, or a preset with --load-format dummy: {', '.join(PRESETS)})")
+        # a preset with random weights: served under its name, from its materialised config folder
+        args.served_model_name = args.served_model_name or [args.model]
+        args.model = str(resolve_model_dir(args.model, args.engine.get("load_format", "auto")))
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]
     try:

@@ -108,9 +108,10 @@ async def _stream(state: ServerState, gen: Generation, req: ChatCompletionReques
         lp = None
         if top_n is not None and d.new_token_ids:
             lp = {"content": _logprobs(state, d.new_token_ids, d.new_logprobs or [{}] * len(d.new_token_ids), top_n)}
-        if not d.new_text and d.finish_reason is None and lp is None:
+        # one chunk per step that made tokens, even with empty text (see serving_completion)
+        if not d.new_text and not d.new_token_ids and d.finish_reason is None and lp is None:
             return []
-        delta = {"content": d.new_text} if d.new_text or lp is not None else {}
+        delta = {"content": d.new_text} if d.new_text or d.new_token_ids or lp is not None else {}
         return [chunk(index, delta, lp, d.finish_reason, d.stop_reason)]
 
     def tail() -> list[bytes]:

@@ -106,7 +106,9 @@ async def _stream(state: ServerState, gen: Generation, req: CompletionRequest, m
         if req.logprobs is not None and d.new_token_ids:
             lp = _logprobs(state, d.new_token_ids, d.new_logprobs or [{}] * len(d.new_token_ids), offsets[index])
             offsets[index] = lp["text_offset"][-1] + len(lp["tokens"][-1])
-        if not d.new_text and d.finish_reason is None and lp is None:
+        # A chunk per step that made tokens, even when their text is held back or empty (as vLLM
+        # does): clients time token arrivals by chunks, and random-weight models emit many such ids.
+        if not d.new_text and not d.new_token_ids and d.finish_reason is None and lp is None:
             return []
         return [chunk(index, d.new_text, lp, d.finish_reason, d.stop_reason)]
 

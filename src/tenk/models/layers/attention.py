@@ -23,11 +23,14 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim, self.scale = num_heads, num_kv_heads, head_dim, scale
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        # fp8 cache scales (per tensor): Python floats, so CUDA graphs bake them in without a sync.
+        self.k_scale: float = 1.0
+        self.v_scale: float = 1.0
 
     def forward(self, q, k, v, meta: AttentionMetadata):
         if self.k_cache is not None and meta.block_tables is not None:
-            store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        return paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+            store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.k_scale, self.v_scale)
+        return paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale, self.k_scale, self.v_scale)
 
 
 class FullWidthRMSNorm(RMSNorm):

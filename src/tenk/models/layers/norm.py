@@ -1,10 +1,15 @@
 import torch
 from torch import nn
 
+from tenk.kernels.rmsnorm import fused_add_rms_norm, rms_norm
+
 
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back before the weight
-    multiply, as transformers' Llama/Qwen3/MiniMax norms do."""
+    multiply, as transformers' Llama/Qwen3/MiniMax norms do (tenk.kernels.rmsnorm: Triton on CUDA,
+    the torch reference elsewhere; both round at the same points).
+
+    x is [T, H], or [T, heads, head_dim] for per-head QK-norm (a strided view is fine)."""
 
     def __init__(self, hidden_size: int, eps: float, params_dtype=None):
         super().__init__()
@@ -12,11 +17,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        if residual is not None:
-            x = x + residual
-            residual = x
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = self.weight * xf.to(dtype)
-        return out if residual is None else (out, residual)
+        """With a residual: (norm(x + residual), x + residual), the add rounded in x's dtype."""
+        if residual is None:
+            return rms_norm(x, self.weight, self.eps)
+        return fused_add_rms_norm(x, residual, self.weight, self.eps)

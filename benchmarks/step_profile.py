@@ -1,0 +1,147 @@
+"""Decode-step time and its breakdown (attention, MoE, dense GEMMs, norms/RoPE/activations,
+sampling, host gaps) for a preset with random weights, at a given batch size (issue 8).
+
+    python benchmarks/step_profile.py --preset qwen3-30b-a3b --quantization nvfp4 --batch 256 \
+        --context 384 --out $OUT
+
+Method: B requests of `--context` prompt tokens are prefilled, then the engine runs decode-only
+steps. Wall time per step is measured over `--steps` steps (CUDA graphs and overlapped scheduling
+as in serving). Then the torch profiler records `--profile-steps` steps; device kernels are grouped
+by name into categories, and the host gap is the step's wall time minus the busy device time.
+Writes step_profile_<preset>_<quant>_b<B>.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+# First match wins: kernel-name fragments (lower case) -> category.
+CATEGORIES = (
+    ("moe", ("nvfp4_moe", "moe_align", "silu_mul_reduce", "combine_splits", "grouped", "_moe", "moe_")),
+    ("attention", ("decode_kernel", "prefill_kernel", "store_kv", "flash", "attention", "fmha")),
+    ("norm_rope_act", ("rms", "rotary", "rope", "silu", "norm")),
+    ("sampling", ("argmax", "sampl", "softmax", "topk", "sort", "multinomial", "exponential", "log_softmax")),
+    ("dense_gemm", ("gemm", "cutlass", "sm90", "nvjet", "xmma", "cublas", "splitk", "matmul", "nvfp4_gemm")),
+    ("copy_elementwise", ("copy", "elementwise", "fill", "index", "cat", "reduce", "scatter", "gather")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, frags in CATEGORIES:
+        if any(f in low for f in frags):
+            return cat
+    return "other"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def decode_steps(engine, n: int) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        engine.step(finished_only=True)
+    sync()
+    return (time.perf_counter() - t0) / n
+
+
+def profile(engine, n: int) -> tuple[dict, list]:
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        decode_steps(engine, n)
+    by_cat: dict[str, float] = defaultdict(float)
+    by_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = evt.device_time if hasattr(evt, "device_time") else evt.cuda_time
+        by_cat[category(evt.name)] += us / 1000.0 / n
+        rec = by_kernel[evt.name]
+        rec[0] += us / 1000.0 / n
+        rec[1] += 1
+    top = sorted(([k, v[0], v[1] // n] for k, v in by_kernel.items()), key=lambda r: -r[1])[:30]
+    return dict(by_cat), top
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="qwen3-30b-a3b")
+    ap.add_argument("--num-layers", type=int, default=None)
+    ap.add_argument("--quantization", default="none")
+    ap.add_argument("--kv-cache-dtype", default="auto")
+    ap.add_argument("--batch", default="256", help="comma list of batch sizes")
+    ap.add_argument("--context", type=int, default=384, help="prompt tokens per request before the measured decode")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+
+    from tenk.engine.config import EngineConfig
+    from tenk.engine.llm_engine import LLMEngine
+    from tenk.engine.sampling_params import SamplingParams
+    from tenk.models.source import materialize_preset
+
+    batches = [int(b) for b in args.batch.split(",")]
+    model_dir = materialize_preset(args.preset, args.num_layers)
+    extra = {"kv_cache_dtype": args.kv_cache_dtype} if args.kv_cache_dtype != "auto" else {}
+    t0 = time.perf_counter()
+    engine = LLMEngine(EngineConfig(
+        str(model_dir), load_format="dummy", quantization=args.quantization, max_num_seqs=max(batches),
+        max_model_len=args.context + args.steps + args.profile_steps + 64, enable_prefix_caching=False,
+        max_num_batched_tokens=8192, enforce_eager=args.enforce_eager,
+        gpu_memory_utilization=args.gpu_memory_utilization, **extra,
+    ))
+    startup = time.perf_counter() - t0
+    vocab = engine.model_config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    result = {"benchmark": "step_profile", "preset": args.preset, "quantization": args.quantization,
+              "kv_cache_dtype": args.kv_cache_dtype, "context": args.context, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "startup_s": startup, "enforce_eager": args.enforce_eager, "batches": []}
+    for b in batches:
+        params = SamplingParams(max_tokens=args.steps + args.profile_steps + 16, ignore_eos=True, temperature=0.0)
+        for i in range(b):
+            prompt = torch.randint(10, vocab, (args.context,), generator=g).tolist()
+            engine.add_request(f"b{b}-{i}", prompt, params)
+        while engine.scheduler.waiting or any(s.num_uncomputed_tokens > 1 for s in engine.scheduler.running):
+            engine.step(finished_only=True)
+        for _ in range(3):
+            engine.step(finished_only=True)
+        running = len(engine.scheduler.running)
+        step_s = decode_steps(engine, args.steps)
+        cats, top = profile(engine, args.profile_steps)
+        busy = sum(cats.values())
+        row = {"batch": b, "running": running, "step_ms": step_s * 1000, "tok_s_decode": running / step_s,
+               "device_busy_ms": busy, "host_gap_ms": step_s * 1000 - busy, "categories_ms": cats, "top_kernels": top}
+        result["batches"].append(row)
+        print(f"B={b} running={running} step {step_s * 1000:.2f} ms ({running / step_s:.0f} tok/s decode) "
+              f"busy {busy:.2f} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1])),
+              flush=True)
+        while engine.has_unfinished_requests():
+            engine.step(finished_only=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step_profile_{args.preset}_{args.quantization}_{args.kv_cache_dtype}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
