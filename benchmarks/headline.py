@@ -195,8 +195,21 @@ def _layout(cfg_result: dict, preset: str, gpu_name: str) -> dict | None:
     dtype = getattr(torch, m.group(2) or "bfloat16", torch.bfloat16)
     mc = ModelConfig.from_dir(materialize_preset(preset, None))
     kv_bytes = tokens * kv_block_bytes(mc, 16, dtype) // 16
+    tp, dp = _parallel(cfg_result.get("serve_command") or [])
+    kv_bytes //= tp  # the log gives one replica's tokens; each of its TP ranks holds 1/tp of every token
     return {"weights_bytes_per_gpu": int(weights), "kv_bytes_per_gpu": int(kv_bytes), "kv_tokens": tokens,
-            "gpus": 1, "tp": 1, "dp": 1, "gpu_name": gpu_name, "device": "cuda"}
+            "gpus": tp * dp, "tp": tp, "dp": dp, "gpu_name": gpu_name, "device": "cuda"}
+
+
+def _parallel(serve_command: list[str]) -> tuple[int, int]:
+    """(TP, DP) from a `tenk serve` command line."""
+    tp = dp = 1
+    for flag, value in zip(serve_command, serve_command[1:]):
+        if flag in ("--tp", "--tensor-parallel-size"):
+            tp = int(value)
+        elif flag in ("--dp", "--data-parallel-size"):
+            dp = int(value)
+    return tp, dp
 
 
 def export_bench_files(report: dict, out: Path, labels: dict[str, dict]) -> list[Path]:
@@ -206,8 +219,9 @@ def export_bench_files(report: dict, out: Path, labels: dict[str, dict]) -> list
         if "bench" not in r:
             continue
         doc = json.loads(json.dumps(r["bench"]))
-        doc["config"]["labels"] = {"name": r["name"], "gpu": report.get("device"), "gpus": 1,
-                                   **labels.get(r["name"], {})}
+        tp, dp = _parallel(r.get("serve_command") or [])
+        doc["config"]["labels"] = {"name": r["name"], "gpu": report.get("device"), "gpus": tp * dp,
+                                   "layout": f"TP={tp} DP={dp}", **labels.get(r["name"], {})}
         layout = _layout(r, report["preset"], report.get("device") or "")
         if layout:
             doc["config"]["layout"] = layout

@@ -31,6 +31,11 @@ def random_checkpoint(
     tokenizer_vocab: Optional[int] = typer.Option(
         None, "--tokenizer-vocab", help="Tokens in the generated tokenizer (default: 4096, or the model's vocab if smaller)."
     ),
+    quantization: str = typer.Option(
+        "none", "--quantization", "-q",
+        help="none, nvfp4 or fp8: write the targeted weights as `tenk quantize` would, with random codes and scales."),
+    targets: str = typer.Option("experts", "--targets", help="With --quantization: experts or all-linear."),
+    fp8_scheme: str = typer.Option("block", "--fp8-scheme", help="With fp8: block (128x128, as MiniMax-M2 ships) or tensor."),
     force: bool = typer.Option(False, "--force", help="Write into DIR even if it is not empty."),
 ) -> None:
     """Write a random checkpoint of PRESET into DIR: config.json, generation_config.json,
@@ -45,6 +50,14 @@ def random_checkpoint(
 
     # Every check a user can fail comes before the first byte is written.
     cfg = get_preset(preset, num_layers)
+    opts = None
+    if quantization != "none":
+        from tenk.quant.quantize import QuantizeOptions
+
+        if quantization not in ("nvfp4", "fp8"):
+            raise ConfigError(f"--quantization must be none, nvfp4 or fp8, got {quantization!r}")
+        opts = QuantizeOptions(format=quantization, targets=targets,
+                               fp8_scheme=fp8_scheme if quantization == "fp8" else "tensor")
     resolve_dtype(dtype)
     parse_size(max_shard_size)
     build_tokenizer(resolve_tokenizer_vocab(cfg, tokenizer_vocab))  # trains (or finds cached) now
@@ -52,7 +65,12 @@ def random_checkpoint(
         raise ConfigError(f"{out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ConfigError(f"{out_dir} is not empty; choose another directory or pass --force to write into it")
-    total = checkpoint_nbytes(cfg, dtype)
+    if opts is None:
+        total = checkpoint_nbytes(cfg, dtype)
+    else:
+        from tenk.quant.random_weights import quantized_nbytes, write_random_quantized_checkpoint
+
+        total = quantized_nbytes(cfg, opts, dtype)
     probe = out_dir if out_dir.is_dir() else next(p for p in out_dir.absolute().parents if p.is_dir())
     free = shutil.disk_usage(probe).free
     if free < total:
@@ -65,12 +83,15 @@ def random_checkpoint(
                TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"{preset} -> {out_dir}", total=total)
-        written = write_random_checkpoint(
-            cfg, out_dir, dtype=dtype, seed=seed, max_shard_size=max_shard_size,
-            tokenizer_vocab=tokenizer_vocab, on_bytes=lambda n: progress.advance(task, n),
-        )
+        kw = dict(dtype=dtype, seed=seed, max_shard_size=max_shard_size, tokenizer_vocab=tokenizer_vocab,
+                  on_bytes=lambda n: progress.advance(task, n))
+        if opts is None:
+            written = write_random_checkpoint(cfg, out_dir, **kw)
+        else:
+            written = write_random_quantized_checkpoint(cfg, out_dir, opts, **kw)
     console.print(
-        f"wrote {preset}: {cfg['num_hidden_layers']} layers, {_count(written.num_params)} parameters, "
+        f"wrote {preset}{'' if opts is None else ' in ' + quantization.upper()}: {cfg['num_hidden_layers']} layers, "
+        f"{_count(written.num_params)} stored values, "
         f"{_count(written.total_bytes)}B in {len(written.files)} file(s) to {out_dir}",
         highlight=False,
     )

@@ -14,7 +14,10 @@ from typing import Any, Literal
 
 from tenk.errors import ConfigError
 
-Init = Literal["normal", "ones", "zeros"]
+# normal(0, 0.02) / ones / zeros; quantized checkpoints add: "bytes" (uniform random bytes: packed
+# 4-bit codes), "unit_normal" (normal(0, 1), cast: FP8 weights), "scale" (uniform in [0.5, 2):
+# block scales), "global_scale" (a constant that makes dequantized weights ~normal(0, 0.02))
+Init = Literal["normal", "ones", "zeros", "bytes", "unit_normal", "scale", "global_scale"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     init: Init = "normal"  # normal(0, 0.02) for weights, ones for norms, zeros for biases
     dtype: str | None = None  # None: the checkpoint's dtype; "float32" where real checkpoints keep fp32
+    value: float = 0.0  # the constant of init "global_scale"
 
     @property
     def numel(self) -> int:

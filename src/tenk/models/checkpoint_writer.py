@@ -43,7 +43,12 @@ _DTYPES = {
     "fp32": ("float32", "F32", 4),
     "float32": ("float32", "F32", 4),
     "float": ("float32", "F32", 4),
+    "uint8": ("uint8", "U8", 1),
+    "float8_e4m3fn": ("float8_e4m3fn", "F8_E4M3", 1),
 }
+# Global scales of random quantized weights: NVFP4 codes average |x| ~ 2.6 times block scales
+# ~1.25, FP8 unit normals: either way the dequantized weights come out near normal(0, 0.02).
+GLOBAL_SCALE = {"uint8": INIT_STD / 3.0, "float8_e4m3fn": INIT_STD}
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -150,8 +155,16 @@ def _make_chunk(c: _Chunk, dtype: str, seed: int, slot: "torch.Tensor | None" = 
         return t.fill_(1.0)
     if c.spec.init == "zeros":
         return t.zero_()
+    if c.spec.init == "global_scale":
+        return t.fill_(c.spec.value)
     # Each chunk has its own generator, so chunks can be made in parallel and in any order.
     gen = torch.Generator().manual_seed(tensor_seed(seed, f"{c.spec.name}@{c.start}"))
+    if c.spec.init == "bytes":
+        return t.random_(0, 256, generator=gen)
+    if c.spec.init in ("unit_normal", "scale"):  # made in fp32, then cast (no RNG for fp8 dtypes)
+        v = torch.empty(c.rows, c.row, dtype=torch.float32)
+        v = v.normal_(0.0, 1.0, generator=gen) if c.spec.init == "unit_normal" else v.uniform_(0.5, 2.0, generator=gen)
+        return t.copy_(v)
     return t.normal_(0.0, INIT_STD, generator=gen)
 
 
@@ -254,23 +267,27 @@ def write_random_checkpoint(
     tokenizer_vocab: int | None = None,
     tokenizer_cache_dir: str | Path | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    specs: list[TensorSpec] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> WrittenCheckpoint:
     """Write config.json, generation_config.json, tokenizer files and random safetensors shards
-    for `hf_config` into `out_dir` (created if needed; existing checkpoint files are replaced)."""
+    for `hf_config` into `out_dir` (created if needed; existing checkpoint files are replaced).
+    `specs` replaces the config's own tensor list (quantized checkpoints: tenk.quant.random_weights),
+    `extra_config` adds keys to config.json (its quantization_config)."""
     from tenk.models.tokenizer_builder import write_tokenizer
 
     torch_dtype = resolve_dtype(dtype)
     max_bytes = parse_size(max_shard_size)
     tok_vocab = resolve_tokenizer_vocab(hf_config, tokenizer_vocab)
-    specs = checkpoint_tensor_specs(hf_config)
+    specs = specs if specs is not None else checkpoint_tensor_specs(hf_config)
     shards = plan_shards(specs, torch_dtype, max_bytes)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("*.safetensors"), out / "model.safetensors.index.json"]:
+    for stale in [*out.glob("*.safetensors"), out / "model.safetensors.index.json", out / "hf_quant_config.json"]:
         stale.unlink(missing_ok=True)  # shards of an earlier run would be read as part of this one
 
-    cfg = dict(hf_config, torch_dtype=torch_dtype, dtype=torch_dtype)
+    cfg = dict(hf_config, torch_dtype=torch_dtype, dtype=torch_dtype, **(extra_config or {}))
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(_generation_config(cfg), indent=2) + "\n")
     write_tokenizer(out, tok_vocab, int(cfg.get("max_position_embeddings") or 4096), tokenizer_cache_dir)
