@@ -30,6 +30,8 @@ CATEGORIES = (
     ("moe", ("nvfp4_moe", "moe_align", "silu_mul_reduce", "combine_splits", "grouped", "_moe", "moe_")),
     ("attention", ("decode_kernel", "prefill_kernel", "store_kv", "flash", "attention", "fmha")),
     ("norm_rope_act", ("rms", "rotary", "rope", "silu", "norm")),
+    # torch's router ops (softmax, topk's sort and gather) or tenk's fused router
+    ("router", ("topk_route", "gathertopk", "bitonicsort", "softmax_warp")),
     ("sampling", ("argmax", "sampl", "softmax", "topk", "sort", "multinomial", "exponential", "log_softmax")),
     ("dense_gemm", ("gemm", "cutlass", "sm90", "nvjet", "xmma", "cublas", "splitk", "matmul", "nvfp4_gemm")),
     ("copy_elementwise", ("copy", "elementwise", "fill", "index", "cat", "reduce", "scatter", "gather")),

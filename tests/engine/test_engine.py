@@ -299,3 +299,16 @@ def test_moe_bucket_warm_up_covers_the_step_budget_and_leaves_outputs_alone(make
     sizes = engine.runner.warm_up_moe_buckets()
     assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256]
     assert run_all(engine, [prompt], greedy)[0].outputs[0].token_ids == before
+
+
+def test_cudagraph_capture_sizes_follow_the_limit(tiny_moe):
+    from tenk.engine.config import EngineConfig
+    from tenk.engine.cuda_graphs import graph_batch_sizes
+    from tenk.errors import ConfigError
+
+    assert graph_batch_sizes(1024)[-1] == 512  # default limit
+    sizes = graph_batch_sizes(1024, 1024)
+    assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-1] == 1024 and all(b - a == 16 for a, b in zip(sizes[4:], sizes[5:]))
+    assert graph_batch_sizes(100, 1024)[-1] == 100
+    with pytest.raises(ConfigError, match="max_cudagraph_capture_size"):
+        EngineConfig(model=tiny_moe, device="cpu", max_cudagraph_capture_size=0)

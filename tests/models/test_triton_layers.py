@@ -1,4 +1,4 @@
-"""The GPU forward's Triton path (RMSNorm with fused residual add, RoPE, SiLU-and-mul) against the
+"""The GPU forward's Triton path (RMSNorm with fused residual add, RoPE, SiLU-and-mul, MoE routing) against the
 torch path, through the model layers: the kernels run on CPU tensors in Triton's interpreter, forced
 by the kernels' FORCE_TRITON switches."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tenk.kernels import activation, rmsnorm, rotary
+from tenk.kernels import activation, rmsnorm, rotary, routing
 from tenk.kernels.attention import AttentionMetadata
 from tenk.kernels.interpret import triton_interpreter
 from tenk.models.config import ModelConfig
@@ -18,7 +18,7 @@ from .hf_tiny import save_tiny
 
 _TRITON_OPS = (
     (rmsnorm, "rms_norm_triton"), (rmsnorm, "fused_add_rms_norm_triton"),
-    (rotary, "apply_rotary_triton"), (activation, "silu_and_mul_triton"),
+    (rotary, "apply_rotary_triton"), (activation, "silu_and_mul_triton"), (routing, "topk_route_triton"),
 )
 
 
@@ -50,8 +50,10 @@ def _logits(model, lens):
 # qwen3_moe: per-head QK-norm, full RoPE, one dense layer (SiLU-and-mul); minimax_m2: full-width
 # QK-norm (stays torch), partial RoPE, MoE only (its experts take fused_moe's own path).
 @pytest.mark.parametrize("kind, ops", [
-    ("qwen3_moe", {"rms_norm_triton": 5, "fused_add_rms_norm_triton": 4, "apply_rotary_triton": 2, "silu_and_mul_triton": 1}),
-    ("minimax_m2", {"rms_norm_triton": 1, "fused_add_rms_norm_triton": 4, "apply_rotary_triton": 2}),
+    ("qwen3_moe", {"rms_norm_triton": 5, "fused_add_rms_norm_triton": 4, "apply_rotary_triton": 2, "silu_and_mul_triton": 1,
+                   "topk_route_triton": 1}),
+    ("minimax_m2", {"rms_norm_triton": 1, "fused_add_rms_norm_triton": 4, "apply_rotary_triton": 2,
+                    "topk_route_triton": 2}),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_forward_matches_torch(kind, ops, dtype, tmp_path, monkeypatch):

@@ -46,6 +46,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8 | fp8_e4m3: e4m3, 1 byte per element
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs
+    max_cudagraph_capture_size: int = 512  # decode batches up to this run as CUDA graphs, larger ones eagerly
     async_scheduling: bool = True  # schedule step N+1 while step N runs; False: one step at a time
     tensor_parallel_size: int = 1  # ranks (GPUs; processes on CPU): rank r on cuda:device_index + r
     enable_expert_parallel: bool = False  # TP > 1: split the experts across ranks instead of each expert's FFN
@@ -66,7 +67,7 @@ class EngineConfig:
             raise ConfigError(f"quantization must be one of {', '.join(CHOICES)}, got {self.quantization!r}")
         self.tokenizer = str(self.tokenizer or self.model)
         self.model_config = ModelConfig.from_dir(self.model)
-        for name in ("max_num_seqs", "block_size", "tensor_parallel_size"):
+        for name in ("max_num_seqs", "block_size", "tensor_parallel_size", "max_cudagraph_capture_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -4,7 +4,7 @@ A decode step is one token per sequence; at a few hundred sequences the GPU time
 forward is short enough that launching its kernels one by one from Python costs as much as
 running them. So the model's decode forward is captured once per batch size in
 graph_batch_sizes (1, 2, 4, 8, then every 16 up to
-min(max_num_seqs, 512)) over static input buffers; a step copies its inputs into
+min(max_num_seqs, max_cudagraph_capture_size)) over static input buffers; a step copies its inputs into
 the buffers of the smallest captured size that fits, pads the rest, and replays.
 
 Padded rows write nowhere (slot -1) and attend over one token of block 0, so they stay finite
@@ -24,20 +24,20 @@ from tenk.kernels.attention import AttentionMetadata
 logger = logging.getLogger(__name__)
 
 
-MAX_GRAPH_BATCH = 512  # larger decode batches run eagerly: launch overhead is small next to their work
+MAX_GRAPH_BATCH = 512  # default of max_cudagraph_capture_size: larger decode batches run eagerly
 
 
-def graph_batch_sizes(max_num_seqs: int) -> list[int]:
-    top = min(max_num_seqs, MAX_GRAPH_BATCH)
+def graph_batch_sizes(max_num_seqs: int, max_capture: int = MAX_GRAPH_BATCH) -> list[int]:
+    top = min(max_num_seqs, max_capture)
     sizes = [1, 2, 4, 8] + list(range(16, top + 16, 16))
     return sorted({min(s, top) for s in sizes})
 
 
 class CudaGraphRunner:
     def __init__(self, model, max_num_seqs: int, max_model_len: int, block_size: int, hidden_size: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, max_capture: int = MAX_GRAPH_BATCH):
         self.model = model
-        self.sizes = graph_batch_sizes(max_num_seqs)
+        self.sizes = graph_batch_sizes(max_num_seqs, max_capture)
         max_bs = self.sizes[-1]
         max_blocks = (max_model_len + block_size - 1) // block_size
         self.max_model_len = max_model_len

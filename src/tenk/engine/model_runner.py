@@ -182,7 +182,7 @@ class ModelRunner:
         if self.device.type == "cuda" and not self.config.enforce_eager:
             self.graph_runner = CudaGraphRunner(
                 self.model, self.config.max_num_seqs, self.config.max_model_len, self.block_size,
-                self.model_config.hidden_size, self.dtype, self.device,
+                self.model_config.hidden_size, self.dtype, self.device, self.config.max_cudagraph_capture_size,
             )
             self.graph_runner.capture()
 

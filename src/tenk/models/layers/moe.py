@@ -9,10 +9,10 @@ with expert parallelism each rank holds whole experts E / tp.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tenk.errors import CheckpointError
+from tenk.kernels.routing import topk_route
 from tenk.models.config import ModelConfig
 from tenk.models.layers.linear import ReplicatedLinear
 from tenk.parallel.state import divide, get_tp_rank, get_tp_size, tp_all_reduce
@@ -116,17 +116,8 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.gate(x)  # [T, E]
-        if self.kind == "sigmoid":
-            scores = torch.sigmoid(logits.float())
-            choice = scores if self.e_score_correction_bias is None else scores + self.e_score_correction_bias
-            topk_ids = torch.topk(choice, self.top_k, dim=-1, sorted=False).indices
-            topk_weights = scores.gather(1, topk_ids)
-        else:
-            probs = F.softmax(logits, dim=-1, dtype=torch.float32)
-            topk_weights, topk_ids = torch.topk(probs, self.top_k, dim=-1)
-        if self.renormalize:
-            topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
-        return topk_weights, topk_ids
+        # one fused launch on the GPU (tenk.kernels.routing); the same torch ops elsewhere
+        return topk_route(logits, self.top_k, self.kind, self.renormalize, self.e_score_correction_bias)
 
 
 class SparseMoeBlock(nn.Module):
