@@ -121,7 +121,21 @@ def fp8_dequant_linear_weight(
     return (weight.float() * _per_row(weight_scale, shard_sizes)).to(dtype)
 
 
+def _fp8_kernels_apply(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """The Triton FP8 kernels (tenk.kernels.fp8_gemm / fp8_moe, W8A16: E4M3 converted inside the
+    GEMM) serve CUDA activations in bf16/fp16; everything else takes the torch reference below."""
+    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+            and all(w.dtype == torch.float8_e4m3fn for w in weights))
+
+
 def fp8_linear(x, weight, weight_scale, scheme, shard_sizes, bias=None, block=FP8_BLOCK) -> torch.Tensor:
+    """y [..., N] = x [..., K] @ dequant(weight)^T (+ bias). On CUDA: the Triton W8A16 GEMM."""
+    if _fp8_kernels_apply(x, weight):
+        from tenk.kernels.fp8_gemm import fp8_gemm, supports
+
+        if supports(x, weight, scheme, block):
+            y = fp8_gemm(x.reshape(-1, x.shape[-1]), weight, weight_scale, scheme, shard_sizes, bias, block)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
     w = fp8_dequant_linear_weight(weight, weight_scale, scheme, shard_sizes, x.dtype, block)
     return F.linear(x, w, bias)
 
@@ -129,16 +143,19 @@ def fp8_linear(x, weight, weight_scale, scheme, shard_sizes, bias=None, block=FP
 def fp8_moe(
     x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scale, topk_weights, topk_ids, scheme, block=FP8_BLOCK
 ) -> torch.Tensor:
-    """Per-tensor scales: w13 [E, 2] (w1, w3), w2 [E]; block scales: w13 [E, 2I/bn, H/bk], w2 [E, H/bn, I/bk]."""
+    """Per-tensor scales: w13 [E, 2] (w1, w3), w2 [E]; block scales: w13 [E, 2I/bn, H/bk], w2 [E, H/bn, I/bk].
+    On CUDA: the Triton W8A16 fused MoE. The reference dequantizes only the experts some token uses,
+    all at once (no loop over experts), then runs the bf16 MoE."""
+    if _fp8_kernels_apply(x, w13_weight, w2_weight):
+        from tenk.kernels.fp8_moe import fp8_fused_moe, supports
+
+        if supports(x, w13_weight, w2_weight, scheme, block):
+            return fp8_fused_moe(x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scale, topk_weights, topk_ids,
+                                 scheme, block)
+    from tenk.kernels.fp8_moe import dequantize_experts
     from tenk.kernels.moe import fused_moe
 
     used, ids = _touched(topk_ids)
-    w13q, w2q = w13_weight[used].float(), w2_weight[used].float()
-    if scheme == "block":
-        w13 = torch.stack([dequantize_fp8_block(w, s, block) for w, s in zip(w13q, w13_weight_scale[used])])
-        w2 = torch.stack([dequantize_fp8_block(w, s, block) for w, s in zip(w2q, w2_weight_scale[used])])
-    else:
-        inter = w13q.shape[1] // 2
-        w13 = w13q * w13_weight_scale[used].float().repeat_interleave(inter, dim=1).unsqueeze(-1)
-        w2 = w2q * w2_weight_scale[used].float().reshape(-1, 1, 1)
-    return fused_moe(x, w13.to(x.dtype), w2.to(x.dtype), topk_weights, ids)
+    w13, w2 = dequantize_experts(w13_weight[used], w13_weight_scale[used], w2_weight[used], w2_weight_scale[used],
+                                 scheme, x.dtype, block)
+    return fused_moe(x, w13, w2, topk_weights, ids)

@@ -1,0 +1,142 @@
+"""Launch configs of the FP8 weight-only kernels (tenk.kernels.fp8_gemm / fp8_moe).
+
+Heuristics by M (tokens) only, for now: a GPU session measures candidates and may add per-GPU
+tables later, as configs/nvfp4.py has. Block sizes here are wishes; the launchers shrink them to
+fit the shape and the scale blocks (`fit_block_n`, `fit_block_k`): with block scales every tile
+must lie inside one scale block, so BLOCK_N divides the scale block's rows and BLOCK_K its columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+NUM_SMS_GUESS = 132  # H100 SXM; only sizes split-K
+IMPLS = ("fused", "dequant")
+DIRECT_MAX_PAIRS = 16  # (token, expert) pairs up to which the MoE skips the alignment launch
+DEQUANT_MIN_M = 4096  # dense: from here, dequantize once + cuBLAS beats the in-kernel conversion (guess)
+
+
+@dataclass(frozen=True)
+class Fp8Config:
+    """One launch of an FP8 GEMM. impl "fused": E4M3 -> bf16 inside the GEMM; "dequant" (dense
+    only): dequantize the weight to x's dtype once per call, then torch.mm."""
+
+    block_m: int = 16  # tokens per tile: the MMA's N dimension (16 is the smallest)
+    block_n: int = 64  # weight rows per tile: the MMA's M (64 per warp group)
+    block_k: int = 128
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 4
+    impl: str = "fused"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown FP8 impl {self.impl!r} (choose from {IMPLS})")
+        for name in ("block_m", "block_n", "block_k"):
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+        if self.split_k < 1 or self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
+            raise ValueError(f"bad FP8 launch config {self}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Fp8Config:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Fp8MoeConfig:
+    """The two grouped GEMMs of one fused-MoE call; they share the token blocks (block_m) of one
+    moe_align_block_size. direct: one token block per (token, expert) pair, no alignment launch."""
+
+    block_m: int = 16
+    w13: Fp8Config = field(default_factory=Fp8Config)
+    w2: Fp8Config = field(default_factory=Fp8Config)
+    direct: bool = False
+
+    def __post_init__(self):
+        for cfg in (self.w13, self.w2):
+            if cfg.block_m != self.block_m:
+                raise ValueError(f"both MoE GEMMs must use block_m={self.block_m}, got {cfg.block_m}")
+            if cfg.impl != "fused":
+                raise ValueError("the FP8 MoE has only the fused impl")
+
+    def to_dict(self) -> dict:
+        drop = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("block_m", "impl")}
+        return {"block_m": self.block_m, "direct": self.direct, "w13": drop(self.w13), "w2": drop(self.w2)}
+
+
+# ---------------------------------------------------------------- fitting a config to a shape
+
+
+def fit_block_k(block_k: int, k: int, scale_block_k: int | None) -> int:
+    """The largest power of two <= block_k that divides the scale block (when there is one) and,
+    if any does, K itself (>= 16: the MMA's K step)."""
+    b = block_k
+    if scale_block_k:
+        while b > 16 and scale_block_k % b:
+            b //= 2
+    while b > 16 and k % b:
+        b //= 2
+    return b
+
+
+def fit_block_n(block_n: int, scale_block_n: int | None) -> int:
+    b = block_n
+    if scale_block_n:
+        while b > 16 and scale_block_n % b:
+            b //= 2
+    return b
+
+
+def block_scales_fit(block: tuple[int, int]) -> bool:
+    """The kernels need scale blocks that whole 16-wide tiles fill."""
+    return all(b >= 16 and b % 16 == 0 for b in block)
+
+
+# ---------------------------------------------------------------- heuristics
+
+
+def _split_for(tiles: int, steps: int) -> int:
+    """Split K until there are about two programs per SM, keeping >= 2 K steps per split."""
+    split = 1
+    while tiles * split < 2 * NUM_SMS_GUESS and steps // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+def _tokens_tile(m: float) -> int:
+    return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+
+
+def dense_config(m: int, n: int, k: int, device=None) -> Fp8Config:
+    """Decode (m <= 64): thin token tiles that stream the weight, split K to fill the GPU;
+    prefill: square tiles; m >= DEQUANT_MIN_M: dequantize once + cuBLAS."""
+    if m >= DEQUANT_MIN_M:
+        return Fp8Config(block_m=128, block_n=128, impl="dequant")
+    bm = _tokens_tile(m)
+    bn = 64 if m <= 64 else 128
+    tiles = -(-m // bm) * -(-n // bn)
+    split = _split_for(tiles, -(-k // 128)) if m <= 256 else 1
+    return Fp8Config(block_m=bm, block_n=bn, block_k=128, split_k=split, num_warps=4 if bn == 64 else 8,
+                     num_stages=4 if m <= 64 else 3)
+
+
+def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Fp8MoeConfig:
+    """By pairs per expert, as tenk.kernels.moe.default_config; the gated w13 GEMM holds two
+    accumulators (gate, up) plus the block-scaled step, so its token tile stays <= 64."""
+    per_expert = t * top_k / max(1, e)
+    bm = min(64, _tokens_tile(per_expert))
+    bn = 64 if bm <= 32 else 128
+    warps = 4 if bn == 64 else 8
+    stages = 4 if bm <= 32 else 3
+    blocks = min(e, t * top_k) * max(1, round(per_expert / bm + 0.5))  # token blocks with work
+    split13 = _split_for(blocks * -(-i // bn), -(-h // 128)) if bm <= 32 else 1
+    split2 = _split_for(blocks * -(-h // bn), -(-i // 128)) if bm <= 32 else 1
+    common = dict(block_m=bm, block_n=bn, block_k=128, num_warps=warps, num_stages=stages)
+    return Fp8MoeConfig(block_m=bm, w13=Fp8Config(split_k=split13, **common), w2=Fp8Config(split_k=split2, **common),
+                        direct=t * top_k <= DIRECT_MAX_PAIRS)
