@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, block_scales_fit, dense_config, fit_block_k, fit_block_n
 from tenk.kernels.nvfp4_gemm import _split_reduce_kernel
@@ -176,11 +177,7 @@ def _fp8_gemm_kernel(
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)

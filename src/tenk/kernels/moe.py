@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tenk.kernels._common import next_pow2
+from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 
@@ -177,11 +178,7 @@ def _moe_gemm_kernel(
     pid = tl.program_id(0)
     num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
     if pid_m * BM >= tl.load(npp_ptr):
         return
     e = tl.load(expert_ptr + pid_m).to(tl.int64)

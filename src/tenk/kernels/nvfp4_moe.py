@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from tenk.kernels._common import next_pow2
+from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
 from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, fused_moe_triton, moe_align_block_size
@@ -165,11 +166,7 @@ def _nvfp4_moe_gemm_kernel(
     else:
         num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
     if not DIRECT:
         if pid_m * BM >= tl.load(npp_ptr):
             return
