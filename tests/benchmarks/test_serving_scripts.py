@@ -1,0 +1,68 @@
+"""The benchmark scripts a GPU session runs (headline, step profile, roofline, load RSS) work end to
+end on CPU with a tiny preset, so device time is never lost to their plumbing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _run(args: list[str], timeout: float = 300) -> str:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_headline_serves_sweeps_exports_and_reports(tmp_path):
+    """Two configurations (one with two data-parallel replicas) served, swept over HTTP, exported
+    as tenk.bench/1 files that tenk report draws."""
+    out = tmp_path / "headline.json"
+    _run([str(BENCH / "headline.py"), "--preset", "tiny-moe",
+          "--config", "nvfp4:gpus=0:--quantization=nvfp4:--kv-cache-dtype=fp8",
+          "--config", "dp2:gpus=1,2:--quantization=none:--dp=2:c=2",
+          "--concurrency", "1,2", "--input-len", "16", "--output-len", "8", "--min-prompts", "4", "--warmup", "1",
+          "--max-num-seqs", "8", "--out", str(out)], timeout=400)
+    report = json.loads(out.read_text())
+    by_name = {c["name"]: c for c in report["configs"]}
+    assert set(by_name) == {"nvfp4", "dp2"} and all("error" not in c for c in by_name.values())
+    nv = by_name["nvfp4"]
+    assert [lv["concurrency"] for lv in nv["bench"]["levels"]] == [1, 2]
+    assert [lv["concurrency"] for lv in by_name["dp2"]["bench"]["levels"]] == [2]
+    assert nv["summary"]["failed_total"] == 0 and nv["summary"]["peak"]["output_tok_s"] > 0
+    assert "float8_e4m3fn" in nv["kv_cache_log"]
+    for c in report["configs"]:  # every request timed: a TTFT and TPOT each
+        for lv in c["bench"]["levels"]:
+            assert lv["ttft_ms"]["n"] == lv["completed"] == lv["tpot_ms"]["n"]
+    exported = json.loads((tmp_path / "headline_dp2.json").read_text())
+    assert exported["schema"].startswith("tenk.bench/") and exported["config"]["labels"]["layout"] == "TP=1 DP=2"
+    _run(["-m", "tenk.cli.main", "report", str(tmp_path / "headline_nvfp4.json"), str(tmp_path / "headline_dp2.json"),
+          "--out", str(tmp_path / "report")])
+    assert (tmp_path / "report" / "charts" / "throughput_vs_concurrency.png").exists()
+
+
+def test_step_profile_and_roofline(tmp_path):
+    _run([str(BENCH / "step_profile.py"), "--preset", "tiny-moe", "--batch", "4", "--context", "16", "--steps", "3",
+          "--profile-steps", "1", "--out", str(tmp_path)])
+    prof = tmp_path / "step_profile_tiny-moe_none_auto.json"
+    row = json.loads(prof.read_text())["batches"][0]
+    assert row["running"] == 4 and row["step_ms"] > 0
+    out = _run([str(BENCH / "roofline.py"), str(prof), "--out", str(tmp_path / "roof.json")])
+    roof = json.loads((tmp_path / "roof.json").read_text())["batches"][0]
+    assert roof["bytes"]["total"] == sum(v for k, v in roof["bytes"].items() if k != "total")
+    assert roof["ms"]["roofline"] > 0 and "B=4" in out
+
+
+def test_load_rss_writes_then_measures(tmp_path):
+    out = tmp_path / "rss.json"
+    _run([str(BENCH / "load_rss.py"), "--preset", "tiny-moe", "--num-layers", "2", "--quantization", "nvfp4",
+          "--dir", str(tmp_path / "ckpt"), "--device", "cpu", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert (tmp_path / "ckpt" / "hf_quant_config.json").exists()
+    assert r["checkpoint_bytes"] > 0 and r["peak_rss_bytes"] >= r["rss_before_load_bytes"] > 0
