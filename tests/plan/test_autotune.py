@@ -122,3 +122,41 @@ def test_real_tenk_serve_on_cpu(tiny_moe_dir, tmp_path):
     assert events == ["start", "done"]
     cmd = serve_command(tiny_moe_dir, trial.layout, 0.9, 4)
     assert cmd.startswith("CUDA_VISIBLE_DEVICES=0 ") and f"tenk serve {tiny_moe_dir} --tp 1 --dp 1" in cmd
+
+
+@pytest.mark.slow
+def test_cli_autotunes_a_preset_in_two_formats_with_random_weights(tmp_path):
+    """`tenk plan PRESET --autotune --quantization nvfp4,bf16 --serve-arg=--load-format --serve-arg=dummy`:
+    each layout's server makes random weights in that layout's format; the best one's command says so."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from tenk.cli.main import app
+
+    res = CliRunner().invoke(app, [
+        "plan", "tiny-moe", "--gpus", "1", "--gpu-memory", "2GiB", "--quantization", "nvfp4,bf16", "--max-num-seqs", "4",
+        "--autotune", "--autotune-concurrency", "2", "--autotune-input-len", "8", "--autotune-output-len", "4",
+        "--autotune-num-prompts", "4", "--autotune-dir", str(tmp_path), "--device", "cpu",
+        "--serve-arg=--load-format", "--serve-arg=dummy"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "autotune.json").read_text())
+    assert sorted(t["quantization"] for t in data["trials"]) == ["bf16", "nvfp4"]
+    assert all(t["error"] is None and t["failed_requests"] == 0 and t["measured_peak_tok_s"] > 0 for t in data["trials"])
+    logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("*.log")}
+    nvfp4_log = next(text for name, text in logs.items() if name.startswith("nvfp4"))
+    assert "weights (nvfp4" in nvfp4_log  # that server really made NVFP4 weights
+    best_q = data["best"]["quantization"]
+    assert f"--quantization {'none' if best_q == 'bf16' else best_q}" in data["serve_command"]
+    assert "--load-format dummy" in data["serve_command"]
+
+
+def test_autotune_refuses_a_preset_without_random_weights(tmp_path):
+    from typer.testing import CliRunner
+
+    from tenk.cli.main import app
+
+    res = CliRunner().invoke(app, ["plan", "tiny-moe", "--gpus", "1", "--gpu-memory", "2GiB", "--autotune",
+                                   "--device", "cpu", "--autotune-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "random weights (--serve-arg=--load-format --serve-arg=dummy)" in res.output

@@ -75,9 +75,13 @@ def plan(
         levels = parse_concurrency(autotune_concurrency) if autotune_concurrency else None
     except ConfigError:
         raise ConfigError(f"--autotune-concurrency {autotune_concurrency!r} must be a comma-separated list of integers") from None
-    quants = tuple(_split(quantization)) or (("auto",) if autotune else ("nvfp4", "fp8", "bf16"))
-    if autotune and any(q != "auto" for q in quants):
-        raise ConfigError("--autotune serves MODEL's own weights: plan it with --quantization auto (or leave it out)")
+    from tenk.plan.launcher import uses_dummy_weights
+
+    dummy = uses_dummy_weights(tuple(serve_arg or ()))
+    quants = tuple(_split(quantization)) or (("auto",) if autotune and not dummy else ("nvfp4", "fp8", "bf16"))
+    if autotune and not dummy and any(q != "auto" for q in quants):
+        raise ConfigError("--autotune serves MODEL's own weights: plan it with --quantization auto (or leave it out), "
+                          "or autotune random weights in any format with --serve-arg=--load-format --serve-arg=dummy")
     source = load_model_source(model)
     cfg = PlanConfig(
         gpus=gpus, gpu=spec, quantizations=quants, max_model_len=max_model_len,
@@ -154,8 +158,12 @@ def _autotune(the_plan, source, layouts, gpus, device, serve_extra, opts) -> dic
     from tenk.plan.emit import choose_layouts
     from tenk.plan.launcher import TenkServeLauncher
 
-    if not source.is_dir:
-        raise ConfigError("--autotune starts real servers, so MODEL must be a model directory, not a preset")
+    from tenk.plan.launcher import serve_quantization, uses_dummy_weights
+
+    dummy = uses_dummy_weights(serve_extra)
+    if not source.is_dir and not dummy:
+        raise ConfigError("--autotune starts real servers, so MODEL must be a model directory, or a preset with "
+                          "random weights (--serve-arg=--load-format --serve-arg=dummy)")
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     gpu_ids = list(range(gpus)) if use_cpu else list(range(min(gpus, torch.cuda.device_count())))
     cfg = AutotuneConfig(gpu_ids=gpu_ids, **opts)
@@ -167,6 +175,7 @@ def _autotune(the_plan, source, layouts, gpus, device, serve_extra, opts) -> dic
     launcher = TenkServeLauncher(
         model=source.name, gpu_memory_utilization=c.gpu_memory_utilization, max_num_seqs=c.max_num_seqs,
         device="cpu" if use_cpu else "auto", extra_args=serve_extra, log_dir=Path(cfg.out_dir) / "logs",
+        pass_quantization=dummy,
     )
 
     def event(kind, trial):
@@ -192,7 +201,9 @@ def _autotune(the_plan, source, layouts, gpus, device, serve_extra, opts) -> dic
     if result.best is None:
         console.print("[red]autotune: no layout was measured successfully[/red]")
     else:
-        command = serve_command(source.name, result.best.layout, c.gpu_memory_utilization, c.max_num_seqs, serve_extra)
+        best = result.best.layout
+        quant = () if not dummy or best.quantization.startswith("auto") else ("--quantization", serve_quantization(best.quantization))
+        command = serve_command(source.name, best, c.gpu_memory_utilization, c.max_num_seqs, quant + serve_extra)
         console.print(f"best measured: {result.best.layout.name} ({result.best.peak_tok_s:,.0f} tok/s). Serve it with:")
         typer.echo(command)
     data = result.as_dict(command)

@@ -89,6 +89,22 @@ class ProcessServer:
         return "\n".join(out)
 
 
+def serve_quantization(plan_name: str) -> str:
+    """A planned quantization as `tenk serve --quantization` spells it for random weights."""
+    names = {"bf16": "none", "nvfp4": "nvfp4", "nvfp4-all": "nvfp4-all", "fp8": "fp8"}
+    if plan_name not in names:
+        from tenk.errors import ConfigError
+
+        raise ConfigError(f"tenk serve makes no random weights in {plan_name!r} (choose from {', '.join(names)})")
+    return names[plan_name]
+
+
+def uses_dummy_weights(args: tuple[str, ...] | list[str]) -> bool:
+    """True when the serve arguments ask for random weights (--load-format dummy)."""
+    args = list(args)
+    return "--load-format=dummy" in args or any(a == "--load-format" and b == "dummy" for a, b in zip(args, args[1:]))
+
+
 @dataclass(slots=True)
 class TenkServeLauncher:
     model: str
@@ -97,6 +113,9 @@ class TenkServeLauncher:
     device: str = "auto"  # "cpu": every "GPU" is a CPU process (tests, laptops)
     dp_mode: str = "replicas"  # "replicas" | "server"
     extra_args: tuple[str, ...] = ()  # e.g. ("--load-format", "dummy")
+    # With random weights (--load-format dummy) each server is told its layout's quantization;
+    # a real checkpoint serves its own.
+    pass_quantization: bool = False
     host: str = "127.0.0.1"
     startup_timeout: float = 1800.0
     log_dir: Path | None = None
@@ -110,6 +129,8 @@ class TenkServeLauncher:
             cmd += ["--max-model-len", str(lp.max_model_len)]
         if self.device != "auto":
             cmd += ["--device", self.device]
+        if self.pass_quantization and not lp.quantization.startswith("auto"):
+            cmd += ["--quantization", serve_quantization(lp.quantization)]
         return cmd + list(self.extra_args)
 
     def __call__(self, lp: LayoutPlan, gpu_ids: list[int], port: int) -> ProcessServer:
