@@ -41,8 +41,14 @@ def _fill(value: float):
     return lambda p, g: p.data.fill_(value)
 
 
-def _fill_fp8_weight(p: torch.Tensor, g: torch.Generator) -> None:
-    p.data.copy_(torch.randn(p.shape, generator=g, device=p.device).clamp_(-448, 448).to(p.dtype))
+def _fill_fp8_weight(p: torch.Tensor, g: torch.Generator, chunk_elems: int = 64 << 20) -> None:
+    """Unit normals in E4M3, made a few rows at a time: a MiniMax-M2 expert tensor holds over a
+    billion values, and one fp32 temporary for it would take 5 GB of the GPU."""
+    rows = p.data.view(-1, p.shape[-1]) if p.dim() > 1 else p.data.view(1, -1)
+    step = max(1, chunk_elems // max(1, rows.shape[1]))
+    for r in range(0, rows.shape[0], step):
+        part = rows[r : r + step]
+        part.copy_(torch.randn(part.shape, generator=g, device=p.device).clamp_(-448, 448).to(p.dtype))
 
 
 def _relayout_for_kernels(layer: nn.Module, weight_name: str, scale_name: str) -> None:
