@@ -78,7 +78,7 @@ def _compile_sm90(fn, args, kwargs) -> dict:
         usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
     field = lambda key: int(re.search(rf"{key}:(\d+)", usage).group(1))
     return {"name": fn.__name__, "regs": field("REG"), "spill_bytes": field("STACK") + field("LOCAL"),
-            "shared_bytes": kernel.metadata.shared, "options": options}
+            "shared_bytes": kernel.metadata.shared, "options": options, "ptx": kernel.asm.get("ptx", "")}
 
 
 @pytest.fixture

@@ -42,6 +42,19 @@ def test_decode_compiles(sm90_compile, hq, hkv, cache_dtype):
            ["_store_kv_kernel", "_decode_kernel"])
 
 
+@pytest.mark.parametrize("hq,hkv", [(32, 4), (24, 4)])
+def test_decode_fp8_asm_variant_compiles(sm90_compile, monkeypatch, hq, hkv):
+    """The GPU's fp8 decode converts K/V tiles with the inline-asm E4M3 -> bf16 sequence."""
+    from tenk.kernels import fp8_gemm
+
+    monkeypatch.setattr(fp8_gemm, "COMPILE_GPU_VARIANT", True)
+    results = sm90_compile(attention_triton, _attention([(300, 1), (17, 1), (600, 1)], hq, hkv, 128,
+                                                        torch.float8_e4m3fn, num_kv_splits=1))
+    _check(results, ["_store_kv_kernel", "_decode_kernel"])
+    decode = [r for r in results if r["name"] == "_decode_kernel"]
+    assert decode and all("prmt.b32" in r["ptx"] for r in decode)  # the asm sequence, not Triton's cast
+
+
 def test_decode_split_compiles(sm90_compile):
     _check(sm90_compile(attention_triton, _attention([(3000, 1)], 32, 4, 128, num_kv_splits=8)),
            ["_store_kv_kernel", "_decode_kernel", "_decode_reduce_kernel"])
