@@ -25,6 +25,7 @@ from typing import Iterable
 import torch
 
 from tenk.errors import CheckpointError
+from tenk.models.safetensors_io import INDEX_NAME, list_shards
 
 DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -44,7 +45,6 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-INDEX_NAME = "model.safetensors.index.json"
 _COPY_CHUNK = 64 << 20
 _MAX_HEADER = 100 << 20  # the safetensors library's own limit
 
@@ -87,36 +87,15 @@ def read_header(path: str | Path) -> dict[str, TensorInfo]:
     return out
 
 
-def checkpoint_files(model_dir: str | Path) -> list[Path]:
-    """The shards that make up a checkpoint: those the index lists, else `model.safetensors` or
-    the only *.safetensors file (the same rule as the model loader)."""
-    model_dir = Path(model_dir)
-    index = model_dir / INDEX_NAME
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map") or {}
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not (model_dir / f).is_file()]
-        if missing:
-            raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
-        return [model_dir / f for f in files]
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{model_dir} holds no *.safetensors weights")
-    if len(files) > 1 and not (model_dir / "model.safetensors").is_file():
-        raise CheckpointError(
-            f"{model_dir} holds {len(files)} *.safetensors files but no {INDEX_NAME} saying which to load"
-        )
-    return files if len(files) == 1 else [model_dir / "model.safetensors"]
-
-
 def checkpoint_tensors(model_dir: str | Path) -> list[TensorInfo]:
     """Every tensor of the checkpoint, in index/file order. With an index, a tensor is taken from
     the shard the index names for it (a name present in two shards is read once)."""
     model_dir = Path(model_dir)
+    shards = list_shards(model_dir)  # the model loader's rule (and checks) for which files make the checkpoint
     index = model_dir / INDEX_NAME
     weight_map = json.loads(index.read_text()).get("weight_map") if index.is_file() else None
     out: list[TensorInfo] = []
-    for path in checkpoint_files(model_dir):
+    for path in shards:
         for name, info in read_header(path).items():
             if weight_map is None or weight_map.get(name) == path.name:
                 out.append(info)
