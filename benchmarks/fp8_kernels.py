@@ -35,10 +35,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a bare checkout too
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from moe_kernels import Timer, make_routing  # noqa: E402  (same routing and timing as the NVFP4 benchmark)
 
 COPY_TBPS = 3.0  # H100 ceilings measured here (DESIGN.md)
 BF16_TFLOPS = 790.0
-GRAPH_MAX_TOKENS = 256
 TOKENS = (1, 16, 64, 256, 1024, 4096)
 CHECK_TOKENS = 256  # rows checked against the reference (it loops over experts)
 CHUNK = 32  # experts dequantized at once for the bf16 copy (fp32 temporaries)
@@ -99,15 +101,6 @@ def make_experts(shape: Shape, scheme: str, device, seed: int = 0):
     return (w13, s13, w2, s2), (d13, d2)
 
 
-def make_routing(shape: Shape, tokens: int, device, seed: int):
-    g = torch.Generator(device=device).manual_seed(seed)
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    x = torch.randn(tokens, shape.hidden, generator=g, device=device).to(dtype)
-    probs = torch.randn(tokens, shape.experts, generator=g, device=device).softmax(-1)
-    w, ids = probs.topk(shape.top_k, dim=-1)
-    return x, (w / w.sum(-1, keepdim=True)).contiguous(), ids.to(torch.int32)
-
-
 def moe_bytes(shape: Shape, ids: torch.Tensor, tokens: int, scheme: str | None) -> int:
     """Bytes one MoE call must read: weights (+ scales) of the touched experts and the activations.
     scheme None: bf16 weights."""
@@ -122,44 +115,7 @@ def moe_bytes(shape: Shape, ids: torch.Tensor, tokens: int, scheme: str | None) 
     return touched * per_expert + tokens * shape.hidden * 2
 
 
-# ---------------------------------------------------------------- timing
-
-
-class Timer:
-    def __init__(self, smoke: bool):
-        self.smoke = smoke
-
-    def eager(self, fn) -> float:
-        if self.smoke:
-            t = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t) * 1e3
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
-
-    def graph(self, fn) -> float | None:
-        if self.smoke:
-            return None
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        ms = self.eager(graph.replay)
-        del graph
-        return ms
-
-    def best(self, fn, tokens: int) -> tuple[float, float | None, str]:
-        eager = self.eager(fn)
-        graph = self.graph(fn) if tokens <= GRAPH_MAX_TOKENS and not self.smoke else None
-        return (graph if graph is not None else eager), graph, "cuda_graph" if graph is not None else "eager"
-
-
-# ---------------------------------------------------------------- MoE
+# ---------------------------------------------------------------- run
 
 
 def run_moe(key: str, shape: Shape, scheme: str, tokens_list, timer: Timer, device, rows: list, checks: list) -> None:

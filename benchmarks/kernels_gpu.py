@@ -275,20 +275,13 @@ def cuda_graphs():
     """Decode attention and both MoE paths captured and replayed on new inputs."""
     from tenk.kernels import attention_triton as at
     from tenk.kernels import moe
-    from tenk.kernels.testing import make_moe_case, rel_err
+    from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 
     for impl in ("grouped_mm", "triton"):
         c = make_moe_case(256, 2048, 768, 128, 8, dtype=BF16, device=DEV, seed=1)
         out = torch.empty_like(c.x)
         run = lambda: moe.fused_moe(c.x, c.w13, c.w2, c.topk_weights, c.topk_ids, out=out, impl=impl)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            run()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run()
+        graph = capture_cuda_graph(run)
         d = make_moe_case(256, 2048, 768, 128, 8, dtype=BF16, device=DEV, seed=2, drop_fraction=0.1)
         c.x.copy_(d.x), c.topk_ids.copy_(d.topk_ids), c.topk_weights.copy_(d.topk_weights)
         graph.replay()

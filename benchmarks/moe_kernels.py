@@ -123,17 +123,18 @@ class Timer:
     def graph(self, fn) -> float | None:
         if self.smoke:
             return None
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        from tenk.kernels.testing import capture_cuda_graph
+
+        graph = capture_cuda_graph(fn)
         ms = self.eager(graph.replay)
         del graph
         return ms
+
+    def best(self, fn, tokens: int) -> tuple[float, float | None, str]:
+        """(ms as the engine runs it, graph ms or None, how): graph replay up to GRAPH_MAX_TOKENS."""
+        eager = self.eager(fn)
+        graph = self.graph(fn) if tokens <= GRAPH_MAX_TOKENS and not self.smoke else None
+        return (graph if graph is not None else eager), graph, "cuda_graph" if graph is not None else "eager"
 
 
 # ---------------------------------------------------------------- run

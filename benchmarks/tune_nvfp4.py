@@ -85,16 +85,11 @@ def write_guesses(path: Path, gpu: str, models, tps) -> None:
 def bench(fn, graph: bool) -> float:
     import triton.testing
 
+    from tenk.kernels.testing import capture_cuda_graph
+
     if not graph:
         return float(triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median"))
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    g = capture_cuda_graph(fn)
     return float(triton.testing.do_bench(g.replay, warmup=5, rep=25, return_mode="median"))
 
 

@@ -13,7 +13,7 @@ import torch
 from tenk.kernels import fp8_gemm as fg
 from tenk.kernels import fp8_moe as fm
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, dense_config, fit_block_k, fit_block_n, moe_config
-from tenk.kernels.testing import make_moe_case, rel_err
+from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant import ops
 from tenk.quant.fp8 import quantize_fp8_block, quantize_fp8_per_tensor
 
@@ -362,14 +362,7 @@ def test_gpu_moe_cuda_graph_replay():
     x, w, tw, ids = _gpu_moe_case("block", 64)
     out = torch.empty_like(x)
     run = lambda: fm.fp8_fused_moe(x, *w, tw, ids, "block", out=out)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        run()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
+    graph = capture_cuda_graph(run)
     x2, _, tw2, ids2 = _gpu_moe_case("block", 65)
     x.copy_(x2[:64]), tw.copy_(tw2[:64]), ids.copy_(ids2[:64])
     graph.replay()

@@ -14,7 +14,7 @@ import torch
 
 from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
-from tenk.kernels.testing import make_moe_case, rel_err
+from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
@@ -447,14 +447,7 @@ def test_gpu_moe_cuda_graph_replay():
     packed = (*ng.pack_for_kernel(w[0], w[1]), w[2], *ng.pack_for_kernel(w[3], w[4]), w[5])
     out = torch.empty_like(x)
     run = lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        run()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
+    graph = capture_cuda_graph(run)
     x2, _, tw2, ids2 = _gpu_moe_case(QWEN3, 65)
     x.copy_(x2[:64]), tw.copy_(tw2[:64]), ids.copy_(ids2[:64])
     graph.replay()

@@ -21,6 +21,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a64 - b64).norm() / b64.norm().clamp_min(1e-30))
 
 
+def capture_cuda_graph(fn) -> "torch.cuda.CUDAGraph":
+    """fn() captured as a CUDA graph, after one run on a side stream (Triton compiles and the
+    allocator settles there, as graph capture requires)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def _gen(device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
