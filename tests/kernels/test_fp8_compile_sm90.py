@@ -8,6 +8,7 @@ import torch
 
 from tenk.kernels import fp8_gemm as fg
 from tenk.kernels import fp8_moe as fm
+from tenk.kernels import nvfp4_gemm as ng  # its split-K reduce finishes the FP8 GEMM too
 from tenk.kernels.configs.fp8 import dense_config, moe_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -72,7 +73,7 @@ def test_fp8_gemm_compiles_for_sm90(sm90, scheme, tokens, n, shards):
     x = torch.empty(tokens, k, dtype=torch.bfloat16)
     w = torch.empty(n, k, dtype=torch.float8_e4m3fn)
     s = torch.ones(n // 128, k // 128) if scheme == "block" else torch.ones(len(shards))
-    results = sm90([fg], lambda: fg.fp8_gemm(x, w, s, scheme, shards, torch.empty(n, dtype=torch.bfloat16),
+    results = sm90([fg, ng], lambda: fg.fp8_gemm(x, w, s, scheme, shards, torch.empty(n, dtype=torch.bfloat16),
                                                      config=cfg))
     _check(results, ["_fp8_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))
 
@@ -81,5 +82,5 @@ def test_fp8_gemm_fp16_and_channel_compile(sm90):
     x = torch.empty(16, 3072, dtype=torch.float16)
     w = torch.empty(3072, 3072, dtype=torch.float8_e4m3fn)
     cfg = dense_config(16, 3072, 3072)
-    _check(sm90([fg], lambda: fg.fp8_gemm(x, w, torch.ones(3072), "channel", config=cfg)),
+    _check(sm90([fg, ng], lambda: fg.fp8_gemm(x, w, torch.ones(3072), "channel", config=cfg)),
            ["_fp8_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))

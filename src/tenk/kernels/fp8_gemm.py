@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, block_scales_fit, dense_config, fit_block_k, fit_block_n
-from tenk.kernels.nvfp4_gemm import _split_reduce_kernel
+from tenk.kernels.nvfp4_gemm import finish_split_k
 
 FP8_BLOCK = (128, 128)
 SCHEMES = ("tensor", "channel", "block")
@@ -293,12 +293,4 @@ def fp8_gemm(x, weight, weight_scale, scheme, shard_sizes=None, bias=None, block
         BM=cfg.block_m, BN=bn, BK=bk, GROUP_M=cfg.group_m, USE_ASM=use_asm(x),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split > 1:
-        if not out.is_contiguous():
-            raise ValueError("split-K FP8 GEMM needs a contiguous out")
-        block_r = 1024
-        _split_reduce_kernel[(triton.cdiv(M * N, block_r),)](
-            target, bias if bias is not None else target, out, M * N, N, M * N,
-            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block_r, num_warps=4,
-        )
-    return out
+    return finish_split_k(target, bias, out, "FP8") if split > 1 else out

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import torch
 
-from tenk.kernels._common import next_pow2
 from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
 from tenk.kernels.moe import fused_moe_ref
-from tenk.kernels.nvfp4_moe import _combine_splits_kernel, _silu_mul_reduce_kernel, moe_align_block_size_triton
+from tenk.kernels.nvfp4_moe import run_moe_stages
 
 SCHEMES = ("tensor", "block")
 
@@ -221,7 +220,6 @@ def fp8_fused_moe(x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scale, t
     if x.stride(1) != 1:
         x = x.contiguous()
     topk_weights = topk_weights.contiguous()  # the combine indexes it as [T * k]
-    flat_ids = topk_ids.reshape(-1)
     if scheme == "block":
         s13, s2, blk = w13_weight_scale.float(), w2_weight_scale.float(), block
     else:
@@ -230,25 +228,12 @@ def fp8_fused_moe(x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scale, t
         blk = None
     cfg = config or moe_config(T, E, H, inter, k, x.device)
     P = T * k
-    align = flat_ids if cfg.direct else moe_align_block_size_triton(topk_ids, E, cfg.block_m)
-    act = torch.empty((P, inter), dtype=x.dtype, device=x.device)  # rows of -1 pairs stay unwritten
-    split13 = _splits(cfg.w13, H, blk)
-    if split13 == 1:
-        _gemm(x, w13_weight, s13, act, align, P, inter, k, True, True, cfg.w13, 1, blk)
-    else:
-        part = torch.empty((split13, P, 2 * inter), dtype=torch.float32, device=x.device)
-        _gemm(x, w13_weight, s13, part, align, P, inter, k, True, True, cfg.w13, split13, blk)
-        width = min(1024, next_pow2(inter))
-        _silu_mul_reduce_kernel[(P, triton.cdiv(inter, width))](
-            part, flat_ids, act, inter, part.stride(1), part.stride(0), act.stride(0),
-            SPLIT_K=split13, BLOCK=width, num_warps=4,
-        )
-    split2 = _splits(cfg.w2, inter, blk)
-    y = torch.empty((split2, P, H), dtype=torch.float32 if split2 > 1 else x.dtype, device=x.device)
-    _gemm(act, w2_weight, s2, y, align, P, H, k, False, False, cfg.w2, split2, blk)
-    width = min(1024, next_pow2(H))
-    _combine_splits_kernel[(T, triton.cdiv(H, width))](
-        y, topk_weights, flat_ids, out, H, y.stride(1), y.stride(0), out.stride(0),
-        TOPK=k, SPLIT_K=split2, BLOCK=width, num_warps=4,
-    )
-    return out
+
+    def gemm(first, a, dst, align, split):
+        if first:
+            _gemm(a, w13_weight, s13, dst, align, P, inter, k, True, True, cfg.w13, split, blk)
+        else:
+            _gemm(a, w2_weight, s2, dst, align, P, H, k, False, False, cfg.w2, split, blk)
+
+    return run_moe_stages(x, topk_weights, topk_ids, out, E, inter, cfg.block_m, cfg.direct,
+                          _splits(cfg.w13, H, blk), _splits(cfg.w2, inter, blk), gemm)

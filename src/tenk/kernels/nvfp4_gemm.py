@@ -467,12 +467,18 @@ def nvfp4_gemm(x, weight, weight_scale, weight_scale_2, shard_sizes=None, bias=N
         BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(x),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if split > 1:
-        if not out.is_contiguous():
-            raise ValueError("split-K NVFP4 GEMM needs a contiguous out")
-        block = 1024
-        _split_reduce_kernel[(triton.cdiv(M * N, block),)](
-            target, bias if bias is not None else target, out, M * N, N, M * N,
-            SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-        )
+    return finish_split_k(target, bias, out, "NVFP4") if split > 1 else out
+
+
+def finish_split_k(partials: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, what: str) -> torch.Tensor:
+    """out [M, N] = the sum of fp32 split-K partials [split, M, N] (+ bias), in out's dtype; shared
+    by the NVFP4 and FP8 dense GEMMs."""
+    split, M, N = partials.shape
+    if not out.is_contiguous():
+        raise ValueError(f"split-K {what} GEMM needs a contiguous out")
+    block = 1024
+    _split_reduce_kernel[(triton.cdiv(M * N, block),)](
+        partials, bias if bias is not None else partials, out, M * N, N, M * N,
+        SPLIT_K=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+    )
     return out

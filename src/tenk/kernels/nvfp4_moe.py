@@ -290,35 +290,52 @@ def _splits(cfg, q: int) -> int:
     return max(1, min(cfg.split_k, q // fit_block_kq(cfg, q)))
 
 
-def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
+def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int, block_m: int, direct: bool,
+                   split13: int, split2: int, gemm) -> torch.Tensor:
+    """The launches of a fused MoE around its two grouped GEMMs, shared by the NVFP4 and FP8 MoEs:
+    align the (token, expert) pairs (or not, in direct mode), w1|w3 with SiLU-mul fused (split-K:
+    fp32 partials summed by _silu_mul_reduce_kernel), w2 (split-K: partials), the weighted combine.
+    gemm(first, a, out, align, split) launches one grouped GEMM: first=True is w1|w3 on x by
+    token, False is w2 on the activations by pair."""
     T, H = x.shape
-    E, two_i, q13 = w13q.shape
-    inter = two_i // 2
     k = topk_ids.shape[1]
     P = T * k
     flat_ids = topk_ids.reshape(-1)
-    align = flat_ids if cfg.direct else moe_align_block_size_triton(topk_ids, E, cfg.block_m)
+    align = flat_ids if direct else moe_align_block_size_triton(topk_ids, num_experts, block_m)
     act = torch.empty((P, inter), dtype=x.dtype, device=x.device)  # rows of -1 pairs stay unwritten
-    split13 = _splits(cfg.w13, q13)
     if split13 == 1:
-        _gemm(x, w13q, w13s, g13, act, align, P, inter, k, True, True, cfg.w13, 1)
+        gemm(True, x, act, align, 1)
     else:
-        part = torch.empty((split13, P, two_i), dtype=torch.float32, device=x.device)
-        _gemm(x, w13q, w13s, g13, part, align, P, inter, k, True, True, cfg.w13, split13)
+        part = torch.empty((split13, P, 2 * inter), dtype=torch.float32, device=x.device)
+        gemm(True, x, part, align, split13)
         block = min(1024, next_pow2(inter))
         _silu_mul_reduce_kernel[(P, triton.cdiv(inter, block))](
             part, flat_ids, act, inter, part.stride(1), part.stride(0), act.stride(0),
             SPLIT_K=split13, BLOCK=block, num_warps=4,
         )
-    split2 = _splits(cfg.w2, w2q.shape[2])
     y = torch.empty((split2, P, H), dtype=torch.float32 if split2 > 1 else x.dtype, device=x.device)
-    _gemm(act, w2q, w2s, g2, y, align, P, H, k, False, False, cfg.w2, split2)
+    gemm(False, act, y, align, split2)
     block = min(1024, next_pow2(H))
     _combine_splits_kernel[(T, triton.cdiv(H, block))](
         y, topk_weights, flat_ids, out, H, y.stride(1), y.stride(0), out.stride(0),
         TOPK=k, SPLIT_K=split2, BLOCK=block, num_warps=4,
     )
     return out
+
+
+def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
+    E, two_i, q13 = w13q.shape
+    k = topk_ids.shape[1]
+    P = x.shape[0] * k
+
+    def gemm(first, a, dst, align, split):
+        if first:
+            _gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split)
+        else:
+            _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split)
+
+    return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
+                          _splits(cfg.w13, q13), _splits(cfg.w2, w2q.shape[2]), gemm)
 
 
 def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes: int):
