@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from tenk.kernels.configs.nvfp4 import check_launch
+
 NUM_SMS_GUESS = 132  # H100 SXM; only sizes split-K
-IMPLS = ("fused", "dequant")
 DIRECT_MAX_PAIRS = 16  # (token, expert) pairs up to which the MoE skips the alignment launch
 DEQUANT_MIN_M = 4096  # dense: from here, dequantize once + cuBLAS beats the in-kernel conversion (guess)
 
@@ -31,14 +32,7 @@ class Fp8Config:
     impl: str = "fused"
 
     def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ValueError(f"unknown FP8 impl {self.impl!r} (choose from {IMPLS})")
-        for name in ("block_m", "block_n", "block_k"):
-            v = getattr(self, name)
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two >= 16, got {v}")
-        if self.split_k < 1 or self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
-            raise ValueError(f"bad FP8 launch config {self}")
+        check_launch(self, ("block_m", "block_n", "block_k"), "FP8")
 
     @classmethod
     def from_dict(cls, d: dict) -> Fp8Config:

@@ -22,6 +22,19 @@ IMPLS = ("fused", "dequant")
 _DIR = Path(__file__).parent
 
 
+def check_launch(cfg, tiles: tuple[str, ...], what: str) -> None:
+    """The rules every GEMM launch config of tenk's kernels follows (NVFP4 here, FP8 in fp8.py):
+    a known impl, power-of-two tiles of at least 16 (the MMA's smallest), sane split / warps / stages."""
+    if cfg.impl not in IMPLS:
+        raise ValueError(f"unknown {what} impl {cfg.impl!r} (choose from {IMPLS})")
+    for name in tiles:
+        v = getattr(cfg, name)
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {v}")
+    if cfg.split_k < 1 or cfg.num_warps not in (1, 2, 4, 8, 16) or cfg.num_stages < 1:
+        raise ValueError(f"bad {what} launch config {cfg}")
+
+
 @dataclass(frozen=True)
 class Nvfp4Config:
     """One launch of the NVFP4 GEMM kernel. impl "fused": dequantize inside the GEMM; "dequant":
@@ -37,14 +50,7 @@ class Nvfp4Config:
     impl: str = "fused"
 
     def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ValueError(f"unknown NVFP4 impl {self.impl!r} (choose from {IMPLS})")
-        for name in ("block_m", "block_n", "block_kq"):
-            v = getattr(self, name)
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two >= 16, got {v}")
-        if self.split_k < 1 or self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
-            raise ValueError(f"bad NVFP4 launch config {self}")
+        check_launch(self, ("block_m", "block_n", "block_kq"), "NVFP4")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Nvfp4Config":
