@@ -111,6 +111,30 @@ def store_kvcache_triton(
 
 
 @triton.jit
+def _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
+                 IEEE: tl.constexpr, KV_ASM: tl.constexpr):
+    """One K/V tile of the online softmax, shared by the decode and prefill kernels: the rows of q
+    against the BLOCK_N keys at `row` (cache offsets; n_ok: keys that exist, visible: [rows,
+    BLOCK_N] what each row may see). Returns the updated (m_i, l_i, acc)."""
+    kt = tl.load(kc_ptr + row[None, :] + d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+    if IEEE:
+        s = tl.dot(q, kt.to(q.dtype), input_precision="ieee")
+    else:
+        s = tl.dot(q, _convert(kt, q.dtype, KV_ASM))
+    s = tl.where(visible, s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    vt = tl.load(vc_ptr + row[:, None] + d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), _convert(vt, q.dtype, KV_ASM))
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, kc_ptr, vc_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
     cu_q_ptr, seq_lens_ptr, bt_ptr,
@@ -152,22 +176,8 @@ def _decode_kernel(
         n_ok = n < ctx
         page = tl.load(bt_ptr + seq * s_bt + n // PAGE, mask=n_ok, other=0).to(tl.int64)
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off  # [BLOCK_N]
-        kt = tl.load(kc_ptr + row[None, :] + d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        if IEEE:
-            s = tl.dot(q, kt.to(q.dtype), input_precision="ieee")
-        else:
-            s = tl.dot(q, _convert(kt, q.dtype, KV_ASM))
-        s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(vc_ptr + row[:, None] + d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), _convert(vt, q.dtype, KV_ASM))
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, n_ok[None, :], d, d_ok, m_i, l_i, acc, qk_scale,
+                                     IEEE, KV_ASM)
 
     if NUM_SPLITS == 1:
         o = acc / l_i[:, None] * v_scale
@@ -315,23 +325,9 @@ def _prefill_kernel(
         n_ok = n < kv_end
         page = tl.load(bt_ptr + seq * s_bt + n // PAGE, mask=n_ok, other=0).to(tl.int64)
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off
-        kt = tl.load(kc_ptr + row[None, :] + d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        if IEEE:
-            s = tl.dot(q, kt.to(q.dtype), input_precision="ieee")
-        else:
-            s = tl.dot(q, kt.to(q.dtype))
         visible = (n[None, :] <= q_pos[:, None]) & n_ok[None, :]
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(vc_ptr + row[:, None] + d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), vt.to(q.dtype))
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
+                                     IEEE, False)
 
     o = acc / l_i[:, None] * v_scale
     tl.store(out_ptr + (q_start + qi)[:, None] * s_ot + head[:, None] * s_oh + d[None, :],
