@@ -100,7 +100,7 @@ def plan(
         serve_extra = tuple(serve_arg or ())
         if cfg.kv_cache_dtype != "auto":  # the servers must size KV as the plan did
             serve_extra += ("--kv-cache-dtype", cfg.kv_cache_dtype)
-        extra["autotune"] = _autotune(the_plan, source, layouts, gpus, device, serve_extra, dict(
+        extra["autotune"] = _autotune(the_plan, source, layouts, gpus, device, serve_extra, dummy, dict(
             top_k=autotune_top, concurrency=levels,
             input_len=autotune_input_len, output_len=autotune_output_len, num_prompts=autotune_num_prompts,
             out_dir=autotune_dir,
@@ -147,7 +147,7 @@ def _emit(the_plan, source, emit, layouts) -> None:
         console.print(f"wrote {path}")
 
 
-def _autotune(the_plan, source, layouts, gpus, device, serve_extra, opts) -> dict:
+def _autotune(the_plan, source, layouts, gpus, device, serve_extra, dummy: bool, opts) -> dict:
     import json
 
     import torch
@@ -158,9 +158,6 @@ def _autotune(the_plan, source, layouts, gpus, device, serve_extra, opts) -> dic
     from tenk.plan.emit import choose_layouts
     from tenk.plan.launcher import TenkServeLauncher
 
-    from tenk.plan.launcher import serve_quantization, uses_dummy_weights
-
-    dummy = uses_dummy_weights(serve_extra)
     if not source.is_dir and not dummy:
         raise ConfigError("--autotune starts real servers, so MODEL must be a model directory, or a preset with "
                           "random weights (--serve-arg=--load-format --serve-arg=dummy)")
@@ -202,8 +199,8 @@ def _autotune(the_plan, source, layouts, gpus, device, serve_extra, opts) -> dic
         console.print("[red]autotune: no layout was measured successfully[/red]")
     else:
         best = result.best.layout
-        quant = () if not dummy or best.quantization.startswith("auto") else ("--quantization", serve_quantization(best.quantization))
-        command = serve_command(source.name, best, c.gpu_memory_utilization, c.max_num_seqs, quant + serve_extra)
+        command = serve_command(source.name, best, c.gpu_memory_utilization, c.max_num_seqs,
+                                launcher.quantization_args(best) + serve_extra)
         console.print(f"best measured: {result.best.layout.name} ({result.best.peak_tok_s:,.0f} tok/s). Serve it with:")
         typer.echo(command)
     data = result.as_dict(command)

@@ -129,9 +129,13 @@ class TenkServeLauncher:
             cmd += ["--max-model-len", str(lp.max_model_len)]
         if self.device != "auto":
             cmd += ["--device", self.device]
-        if self.pass_quantization and not lp.quantization.startswith("auto"):
-            cmd += ["--quantization", serve_quantization(lp.quantization)]
-        return cmd + list(self.extra_args)
+        return cmd + list(self.quantization_args(lp)) + list(self.extra_args)
+
+    def quantization_args(self, lp: LayoutPlan) -> tuple[str, ...]:
+        """`--quantization NAME` for random weights in the layout's format; nothing for a checkpoint's own."""
+        if not self.pass_quantization or lp.quantization.startswith("auto"):
+            return ()
+        return ("--quantization", serve_quantization(lp.quantization))
 
     def __call__(self, lp: LayoutPlan, gpu_ids: list[int], port: int) -> ProcessServer:
         if self.dp_mode == "server":
