@@ -27,7 +27,7 @@ from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
 from tenk.kernels.moe import fused_moe_ref
-from tenk.kernels.nvfp4_moe import run_moe_stages
+from tenk.kernels.nvfp4_moe import block_pairs, run_moe_stages
 
 SCHEMES = ("tensor", "block")
 
@@ -115,17 +115,7 @@ def _fp8_moe_gemm_kernel(
     if e < 0:
         return
 
-    if DIRECT:
-        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
-    else:
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
-    row_ok = pair < num_pairs
-    safe = tl.where(row_ok, pair, 0).to(tl.int64)
-    if A_BY_TOKEN:
-        a_row = safe // TOPK
-    else:
-        a_row = safe
+    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)

@@ -145,6 +145,26 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
 
 
 @triton.jit
+def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
+                DIRECT: tl.constexpr, BM: tl.constexpr):
+    """The (token, expert) pairs of token block pid_m in a grouped MoE GEMM (NVFP4 and FP8):
+    (row_ok [BM], pair index with padding rows clamped to 0, the A row each reads: its token for
+    w1|w3, the pair itself for w2). DIRECT: block m is pair m alone, no alignment."""
+    if DIRECT:
+        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
+    else:
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
+    row_ok = pair < num_pairs
+    safe = tl.where(row_ok, pair, 0).to(tl.int64)
+    if A_BY_TOKEN:
+        a_row = safe // TOPK
+    else:
+        a_row = safe
+    return row_ok, safe, a_row
+
+
+@triton.jit
 def _nvfp4_moe_gemm_kernel(
     a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
     num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
@@ -174,17 +194,7 @@ def _nvfp4_moe_gemm_kernel(
     if e < 0:
         return
 
-    if DIRECT:
-        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
-    else:
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
-    row_ok = pair < num_pairs
-    safe = tl.where(row_ok, pair, 0).to(tl.int64)
-    if A_BY_TOKEN:
-        a_row = safe // TOPK
-    else:
-        a_row = safe
+    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
