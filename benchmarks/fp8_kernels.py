@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a bare checkout too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from moe_kernels import Timer, make_routing  # noqa: E402  (same routing and timing as the NVFP4 benchmark)
+from moe_kernels import Timer, gpu_tag, make_routing  # noqa: E402  (same routing and timing as the NVFP4 benchmark)
 
 COPY_TBPS = 3.0  # H100 ceilings measured here (DESIGN.md)
 BF16_TFLOPS = 790.0
@@ -217,14 +217,6 @@ def format_row(r: dict) -> str:
     return (f"{r['kind']:5s} {r['shape']:9s} {r['scheme']:6s} T={r['tokens']:5d} {r['timing']:10s} "
             f"fp8 {r['fp8_ms']:8.3f} ms {r['fp8_tbps']:5.2f} TB/s {r['fp8_tflops']:6.1f} TF | "
             f"bf16 {r['bf16_ms']:8.3f} ms {r['bf16_tbps']:5.2f} TB/s {r['bf16_tflops']:6.1f} TF | x{r['speedup']:.2f}")
-
-
-def gpu_tag() -> str:
-    name = torch.cuda.get_device_name().upper()
-    for tag in ("H200", "H100", "A100", "B200"):
-        if tag in name:
-            return tag.lower()
-    return "".join(c if c.isalnum() else "_" for c in name.lower())
 
 
 def main() -> int:
