@@ -25,6 +25,8 @@ def test_bad_flags_are_config_errors():
     assert [lv["num_prompts"] for lv in short.levels()] == [10, 12, 150]
     with pytest.raises(ConfigError, match="--min-prompts"):
         BenchConfig(urls=["http://h"], min_prompts=0)
+    with pytest.raises(ConfigError, match="--prompts-per-concurrency must be > 0"):
+        BenchConfig(urls=["http://h"], prompts_per_concurrency=0)
 
 
 def test_unreachable_server_is_one_sentence():
