@@ -85,8 +85,21 @@ class ModelRunner:
             return getattr(self, method)(*args)
 
     def close(self) -> None:
+        self.release_graphs()
         if self.workers is not None:
             self.workers.close()
+
+    def release_graphs(self) -> None:
+        """Drop the captured decode graphs. Each graph that captured an NCCL collective holds a
+        reference on the communicator, and destroying the process group waits for it."""
+        if self.graph_runner is None:
+            return
+        self.graph_runner.graphs.clear()
+        self.graph_runner = None
+        import gc
+
+        gc.collect()
+        torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ startup
 

@@ -292,6 +292,7 @@ def worker_main(
                 code = 1
                 break
             if method == "exit":
+                runner.release_graphs()
                 break
             with torch.inference_mode():
                 getattr(runner, method)(*args)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from tenk.parallel.state import set_tp_group
+
+logger = logging.getLogger(__name__)
 
 
 def init_tp(
@@ -32,7 +36,19 @@ def init_tp(
     set_tp_group(dist.group.WORLD, rank, world_size)
 
 
+DESTROY_TIMEOUT_S = 20.0
+
+
 def shutdown_tp() -> None:
+    """Leave the TP group. NCCL's teardown is itself collective and can wait forever on a peer
+    that is gone, so on GPUs it runs in a thread that is given up on after DESTROY_TIMEOUT_S."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        if dist.get_backend() == "nccl":
+            done = threading.Thread(target=dist.destroy_process_group, name="tenk-nccl-destroy", daemon=True)
+            done.start()
+            done.join(DESTROY_TIMEOUT_S)
+            if done.is_alive():
+                logger.warning("NCCL teardown did not finish in %.0f s; leaving it to process exit", DESTROY_TIMEOUT_S)
+        else:
+            dist.destroy_process_group()
     set_tp_group(None, 0, 1)
