@@ -58,3 +58,19 @@ def test_fp8_moe_reference_never_reads_unused_experts(scheme):
     for t in (poisoned[1], poisoned[3]):
         t[[0, 2, 4, 5]] = float("nan")
     assert torch.equal(ops.fp8_moe(x, *poisoned, tw, ids, scheme), clean)
+
+
+@pytest.mark.parametrize("scheme", ["block", "tensor"])
+def test_fp8_moe_reference_under_graph_capture_uses_every_expert(scheme, monkeypatch):
+    """Inside a CUDA graph capture the reference cannot ask which experts are used (a host sync):
+    it dequantizes all of them, and gives the same output."""
+    g = torch.Generator().manual_seed(2)
+    w, _, _ = _experts(scheme, g)
+    x = torch.randn(7, H, generator=g)
+    ids = torch.tensor([[0, 2], [2, 4], [4, -1], [0, 4], [-1, -1], [2, 0], [4, 2]], dtype=torch.int32)
+    tw = torch.rand(7, K, generator=g)
+    want = ops.fp8_moe(x, *w, tw, ids, scheme)
+    monkeypatch.setattr(ops, "_capturing", lambda t: True)
+    used, renumbered = ops._touched(ids, E)
+    assert used.tolist() == list(range(E)) and torch.equal(renumbered, ids.long())
+    assert torch.equal(ops.fp8_moe(x, *w, tw, ids, scheme), want)

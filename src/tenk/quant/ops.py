@@ -67,9 +67,17 @@ def nvfp4_linear(x, weight, weight_scale, weight_scale_2, shard_sizes, bias=None
     return F.linear(x, w, bias)
 
 
-def _touched(topk_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(experts used by some token, topk_ids renumbered into that list; -1 stays -1)."""
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _touched(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(experts used by some token, topk_ids renumbered into that list; -1 stays -1). Inside a
+    CUDA graph capture every expert counts as used: the list's length would be known only on the
+    host, after a sync the capture cannot hold."""
     ids = topk_ids.long()
+    if _capturing(ids):
+        return torch.arange(num_experts, device=ids.device), ids
     used = torch.unique(ids[ids >= 0])
     local = torch.searchsorted(used, ids.clamp(min=0))
     return used, torch.where(ids >= 0, local, -1)
@@ -94,7 +102,7 @@ def nvfp4_moe(
                                w2_weight_scale_2, topk_weights, topk_ids)
     from tenk.kernels.moe import fused_moe
 
-    used, ids = _touched(topk_ids)
+    used, ids = _touched(topk_ids, w13_weight.shape[0])
     inter = w13_weight.shape[1] // 2
     base = dequantize_nvfp4(w13_weight[used], w13_weight_scale[used], torch.ones(len(used), device=x.device), torch.float32)
     g13 = w13_weight_scale_2[used].float().repeat_interleave(inter, dim=1).unsqueeze(-1)  # [U, 2I, 1]
@@ -155,7 +163,7 @@ def fp8_moe(
     from tenk.kernels.fp8_moe import dequantize_experts
     from tenk.kernels.moe import fused_moe
 
-    used, ids = _touched(topk_ids)
+    used, ids = _touched(topk_ids, w13_weight.shape[0])
     w13, w2 = dequantize_experts(w13_weight[used], w13_weight_scale[used], w2_weight[used], w2_weight_scale[used],
                                  scheme, x.dtype, block)
     return fused_moe(x, w13, w2, topk_weights, ids)
