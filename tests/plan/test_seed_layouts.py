@@ -69,5 +69,5 @@ def test_seed_kv_tokens_reported(plans):
     print(kv)
     # bf16 KV is 248 KiB per token over the replica; ~48.9 GiB per GPU free at NVFP4 TP=4
     assert 780_000 < kv["nvfp4 tp4"] < 880_000
-    assert 400_000 < kv["fp8 tp4"] < 500_000
+    assert 400_000 < kv["fp8 tp4"] < 520_000
     assert 120_000 < kv["nvfp4 tp2 replica"] < 180_000
