@@ -66,3 +66,18 @@ def test_load_rss_writes_then_measures(tmp_path):
     r = json.loads(out.read_text())
     assert (tmp_path / "ckpt" / "hf_quant_config.json").exists()
     assert r["checkpoint_bytes"] > 0 and r["peak_rss_bytes"] >= r["rss_before_load_bytes"] > 0
+
+
+def test_api_ceiling_sweeps_the_api_process_over_the_synthetic_engine(tmp_path):
+    """The server runs its real API process over TENK_SYNTHETIC_ENGINE; every request streams
+    its max_tokens, and the API process's CPU is accounted per streamed token."""
+    out = tmp_path / "api.json"
+    text = _run([str(BENCH / "api_ceiling.py"), "--step-ms", "5", "--concurrency", "2,8", "--input-len", "16",
+                 "--output-len", "12", "--dp", "2", "--out", str(out)], timeout=180)
+    assert "the engines could stream" in text
+    res = json.loads(out.read_text())
+    assert [lv["concurrency"] for lv in res["levels"]] == [2, 8] and res["dp"] == 2
+    for lv in res["levels"]:
+        assert lv["failed"] == 0 and lv["num_prompts"] == 2 * lv["concurrency"]
+        assert 0 < lv["output_tok_s"] <= lv["engine_tok_s"] * 1.05  # c sequences over both replicas, one token a step
+        assert lv["api_cpu_s"] > 0 and lv["api_cpu_us_per_token"] > 0

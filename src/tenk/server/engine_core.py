@@ -44,6 +44,11 @@ class EngineCoreArgs:
 
 
 def build_engine(engine_kwargs: dict):
+    from tenk.server.synthetic_engine import synthetic_engine_from_env
+
+    synthetic = synthetic_engine_from_env(engine_kwargs)  # TENK_SYNTHETIC_ENGINE: the API process alone
+    if synthetic is not None:
+        return synthetic
     from tenk.engine.config import EngineConfig
     from tenk.engine.llm_engine import LLMEngine
 
