@@ -8,6 +8,7 @@ from torch import nn
 
 from tenk.errors import CheckpointError
 from tenk.kernels.attention import AttentionMetadata, paged_attention, store_kvcache
+from tenk.kernels.qk_norm import full_width_qk_norm
 from tenk.models.config import ModelConfig
 from tenk.models.layers.linear import QKVParallelLinear, RowParallelLinear
 from tenk.models.layers.norm import RMSNorm
@@ -34,10 +35,10 @@ class Attention(nn.Module):
 
 
 class FullWidthRMSNorm(RMSNorm):
-    """MiniMax-M2 normalises all of q (or k) at once, not per head: under tensor parallelism
-    each rank holds some heads, so the sum of squares is all-reduced before the rsqrt. When kv
-    heads are replicated over ranks, `replicas` ranks hold the same slice and the reduced sum
-    is divided by it."""
+    """The weight of MiniMax-M2's full-width q (or k) norm: this rank's slice of it. The norm
+    itself runs for q and k together (tenk.kernels.qk_norm), since under tensor parallelism
+    their sums of squares are all-reduced, in one call. When kv heads are replicated over
+    ranks, `replicas` ranks hold the same k slice."""
 
     def __init__(self, full_size: int, local_size: int, eps: float, params_dtype=None, shard_rank: int = 0, replicas: int = 1):
         super().__init__(local_size, eps, params_dtype)
@@ -50,14 +51,6 @@ class FullWidthRMSNorm(RMSNorm):
         n = param.shape[0]
         param.data.copy_(loaded[self.shard_rank * n : (self.shard_rank + 1) * n])
 
-    def forward(self, x):
-        dtype = x.dtype
-        xf = x.float()
-        sq = xf.pow(2).sum(-1, keepdim=True)
-        if get_tp_size() > 1:
-            sq = tp_all_reduce(sq) / self.replicas
-        xf = xf * torch.rsqrt(sq / self.full_size + self.eps)
-        return self.weight * xf.to(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -86,7 +79,10 @@ class SelfAttention(nn.Module):
         qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm == "full":
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = full_width_qk_norm(
+                q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.full_size, self.k_norm.full_size,
+                self.q_norm.eps, self.k_norm.replicas, tp_all_reduce if get_tp_size() > 1 else None,
+            )  # fmt: skip
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
