@@ -278,6 +278,40 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     configs = [Config.parse(c) for c in args.config]
     results: dict[str, dict] = {}
+    peer: dict = {}
+    lock = threading.Lock()
+
+    def write_report() -> dict:
+        """The JSON and the exported bench files of every configuration finished so far: a run
+        cut off by a time limit keeps what it measured (the server logs' KV lines included)."""
+        import torch
+
+        with lock:
+            done = [results[c.name] for c in configs if c.name in results]
+            report = {
+                "benchmark": "headline", "preset": args.preset, "input_len": args.input_len,
+                "output_len": args.output_len, "concurrency": args.concurrency,
+                "prompts_per_concurrency": args.prompts_per_concurrency, "min_prompts": args.min_prompts,
+                "device": _device_name(), "torch": torch.__version__, "configs": done,
+                "unfinished": [c.name for c in configs if c.name not in results],
+            }  # fmt: skip
+            if peer:
+                report["peer"] = dict(peer)
+            peaks = {r["name"]: (r.get("summary") or {}).get("peak") for r in done}
+            report["peaks_output_tok_s"] = {k: v["output_tok_s"] if v else None for k, v in peaks.items()}
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(report, indent=1))
+            tmp.replace(out)  # a reader never sees half a file
+            for p in export_bench_files(report, out, labels):
+                print(f"wrote {p}", flush=True)
+            return report
+
+    def run_and_record(cfg: Config) -> None:
+        result = run_config(cfg, args, log_dir)
+        with lock:
+            results[cfg.name] = result
+        write_report()
+
     # configurations on disjoint GPUs run together; a configuration waits for any that shares a GPU
     busy: dict[str, threading.Thread] = {}
     threads = []
@@ -285,12 +319,11 @@ def main() -> int:
         for g in cfg.gpus.split(","):
             if g in busy:
                 busy[g].join()
-        t = threading.Thread(target=lambda c=cfg: results.__setitem__(c.name, run_config(c, args, log_dir)))
+        t = threading.Thread(target=run_and_record, args=(cfg,))
         t.start()
         threads.append(t)
         for g in cfg.gpus.split(","):
             busy[g] = t
-    peer: dict = {}
     if args.peer_gpu is not None:  # starts as soon as the configurations on its GPU are done
         if args.peer_gpu in busy:
             busy[args.peer_gpu].join()
@@ -299,21 +332,7 @@ def main() -> int:
         threads.append(t)
     for t in threads:
         t.join()
-
-    import torch
-
-    report = {
-        "benchmark": "headline", "preset": args.preset, "input_len": args.input_len, "output_len": args.output_len,
-        "concurrency": args.concurrency, "prompts_per_concurrency": args.prompts_per_concurrency,
-        "min_prompts": args.min_prompts, "device": _device_name(), "torch": torch.__version__, "configs": [results[c.name] for c in configs],
-    }
-    if peer:
-        report["peer"] = peer
-    peaks = {r["name"]: (r.get("summary") or {}).get("peak") for r in report["configs"]}
-    report["peaks_output_tok_s"] = {k: v["output_tok_s"] if v else None for k, v in peaks.items()}
-    out.write_text(json.dumps(report, indent=1))
-    for p in export_bench_files(report, out, labels):
-        print(f"wrote {p}")
+    report = write_report()
     for name, v in report["peaks_output_tok_s"].items():
         print(f"{name}: peak {v if v is None else f'{v:,.0f}'} output tok/s")
     print(f"wrote {out}")

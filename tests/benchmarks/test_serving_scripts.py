@@ -32,6 +32,7 @@ def test_headline_serves_sweeps_exports_and_reports(tmp_path):
     report = json.loads(out.read_text())
     by_name = {c["name"]: c for c in report["configs"]}
     assert set(by_name) == {"nvfp4", "dp2"} and all("error" not in c for c in by_name.values())
+    assert report["unfinished"] == []
     nv = by_name["nvfp4"]
     assert [lv["concurrency"] for lv in nv["bench"]["levels"]] == [1, 2]
     assert [lv["concurrency"] for lv in by_name["dp2"]["bench"]["levels"]] == [2]
@@ -45,6 +46,33 @@ def test_headline_serves_sweeps_exports_and_reports(tmp_path):
     _run(["-m", "tenk.cli.main", "report", str(tmp_path / "headline_nvfp4.json"), str(tmp_path / "headline_dp2.json"),
           "--out", str(tmp_path / "report")])
     assert (tmp_path / "report" / "charts" / "throughput_vs_concurrency.png").exists()
+
+
+def test_headline_writes_each_configuration_as_it_finishes(tmp_path):
+    """A run cut off by a time limit keeps the configurations it finished: the JSON and their
+    exports are written after each one, not only at the end."""
+    import time
+
+    out = tmp_path / "hl.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "headline.py"), "--preset", "tiny-moe", "--config", "a:gpus=0",
+         "--config", "b:gpus=0:c=1,2", "--concurrency", "1", "--input-len", "8", "--output-len", "4",
+         "--min-prompts", "2", "--warmup", "1", "--max-num-seqs", "4", "--out", str(out)],
+        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "hl_a.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        early = json.loads(out.read_text())  # b shares GPU 0, so it starts only now
+        assert [c["name"] for c in early["configs"]] == ["a"] and early["unfinished"] == ["b"]
+        assert early["peaks_output_tok_s"]["a"] > 0
+        assert proc.wait(240) == 0, proc.stdout.read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    final = json.loads(out.read_text())
+    assert [c["name"] for c in final["configs"]] == ["a", "b"] and final["unfinished"] == []
 
 
 def test_step_profile_and_roofline(tmp_path):
