@@ -7,8 +7,10 @@ on the same card as the peer (issue 8).
         --config bf16:gpus=1:--quantization=none \
         --peer-gpu 1 --out $OUT/headline_h100.json
 
-A --config is NAME:gpus=LIST[:SERVE-FLAG[=VALUE]...]; configurations whose GPUs do not overlap run
-at the same time (each server has its own GPUs and its own bench client). Every server starts with
+A --config is NAME:gpus=LIST[:c=LEVELS][:servers=N][:SERVE-FLAG[=VALUE]...]; configurations whose
+GPUs do not overlap run at the same time (each server has its own GPUs and its own bench client).
+servers=N starts N separate servers on equal shares of the GPUs, swept by one bench over all their
+URLs: data-parallel replicas without a shared API process, beside `--dp N` behind one. Every server starts with
 `--load-format dummy` (weights made on the GPU) and is stopped with SIGTERM after its sweep.
 The JSON holds each configuration's whole `tenk bench` result, a summary (peak output tok/s, TTFT
 and TPOT p50 / p99 at c=64 and at the peak level, failures) and the peer's offline figure.
@@ -42,19 +44,32 @@ class Config:
     gpus: str
     serve_args: list[str] = field(default_factory=list)
     concurrency: str | None = None  # None: --concurrency
+    # servers=N: N separate `tenk serve` processes, each on its share of the GPUs, and one bench
+    # over all their URLs (replicas without a shared API process, to compare with --dp N)
+    servers: int = 1
 
     @classmethod
     def parse(cls, spec: str) -> "Config":
         name, *parts = spec.split(":")
-        gpus, args, conc = "", [], None
+        gpus, args, conc, servers = "", [], None, 1
         for p in parts:
             if p.startswith("gpus="):
                 gpus = p[5:]
             elif p.startswith("c="):
                 conc = p[2:]
+            elif p.startswith("servers="):
+                servers = int(p[8:])
             else:
                 args.extend(p.split("=", 1))
-        return cls(name, gpus, args, conc)
+        ids = gpus.split(",") if gpus else []
+        if servers < 1 or (ids and len(ids) % servers):
+            raise SystemExit(f"--config {spec!r}: servers={servers} must be >= 1 and divide its {len(ids)} GPUs")
+        return cls(name, gpus, args, conc, servers)
+
+    def server_gpus(self) -> list[str]:
+        ids = self.gpus.split(",") if self.gpus else []
+        share = len(ids) // self.servers if ids else 0
+        return [",".join(ids[i * share : (i + 1) * share]) for i in range(self.servers)]
 
 
 def free_port() -> int:
@@ -97,35 +112,41 @@ def summarize(bench: dict) -> dict:
 
 
 def run_config(cfg: Config, args, log_dir: Path) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
-    if cfg.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = cfg.gpus
-    serve = [sys.executable, "-m", "tenk.cli.main", "serve", args.preset, "--load-format", "dummy",
-             "--port", str(port), "--max-num-seqs", str(args.max_num_seqs),
-             "--max-model-len", str(args.input_len + args.output_len + 64), "--no-enable-prefix-caching",
-             *cfg.serve_args]
-    log = open(log_dir / f"serve_{cfg.name}.log", "w")
+    procs, logs, urls = [], [], []
+    result: dict = {"name": cfg.name, "gpus": cfg.gpus, "servers": cfg.servers}
     t0 = time.time()
-    proc = subprocess.Popen(serve, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    result: dict = {"name": cfg.name, "gpus": cfg.gpus, "serve_command": serve[3:]}
     try:
-        wait_ready(url, proc, args.startup_timeout)
+        for i, gpus in enumerate(cfg.server_gpus()):
+            port = free_port()
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus
+            serve = [sys.executable, "-m", "tenk.cli.main", "serve", args.preset, "--load-format", "dummy",
+                     "--port", str(port), "--max-num-seqs", str(args.max_num_seqs),
+                     "--max-model-len", str(args.input_len + args.output_len + 64), "--no-enable-prefix-caching",
+                     *cfg.serve_args]  # fmt: skip
+            result.setdefault("serve_command", serve[3:])
+            logs.append(log_dir / (f"serve_{cfg.name}.log" if cfg.servers == 1 else f"serve_{cfg.name}_{i}.log"))
+            with open(logs[-1], "w") as log:
+                procs.append(subprocess.Popen(serve, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            urls.append(f"http://127.0.0.1:{port}")
+        for url, proc in zip(urls, procs):
+            wait_ready(url, proc, args.startup_timeout)
         result["startup_s"] = time.time() - t0
         print(f"[{cfg.name}] ready in {result['startup_s']:.0f} s", flush=True)
         out = log_dir / f"bench_{cfg.name}.json"
         from tenk.models.source import materialize_preset
 
         tokenizer = str(materialize_preset(args.preset, None))  # the served preset's own tokenizer
-        bench = [sys.executable, "-m", "tenk.cli.main", "bench", "--url", url, "--dataset", "random",
-                 "--prompt-format", "ids", "--tokenizer", tokenizer, "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-                 "--concurrency", cfg.concurrency or args.concurrency, "--prompts-per-concurrency", str(args.prompts_per_concurrency),
-                 "--min-prompts", str(args.min_prompts), "--warmup", str(args.warmup), "--quiet", "--out", str(out),
-                 "--level-timeout", str(args.level_timeout)]
+        bench = [sys.executable, "-m", "tenk.cli.main", "bench", *[a for u in urls for a in ("--url", u)],
+                 "--dataset", "random", "--prompt-format", "ids", "--tokenizer", tokenizer,
+                 "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+                 "--concurrency", cfg.concurrency or args.concurrency, "--prompts-per-concurrency",
+                 str(args.prompts_per_concurrency), "--min-prompts", str(args.min_prompts), "--warmup", str(args.warmup),
+                 "--quiet", "--out", str(out), "--level-timeout", str(args.level_timeout)]  # fmt: skip
         if args.bench_workers:
             bench += ["--workers", str(args.bench_workers)]
-        b = subprocess.run(bench, env=env, capture_output=True, text=True)
+        b = subprocess.run(bench, env=dict(os.environ), capture_output=True, text=True)
         print(f"[{cfg.name}] bench rc={b.returncode}\n{b.stdout[-3000:]}{b.stderr[-2000:]}", flush=True)
         if out.exists():
             result["bench"] = json.loads(out.read_text())
@@ -136,20 +157,22 @@ def run_config(cfg: Config, args, log_dir: Path) -> dict:
         result["error"] = repr(exc)[:500]
         print(f"[{cfg.name}] failed: {exc}", flush=True)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        tail = (log_dir / f"serve_{cfg.name}.log").read_text(errors="replace")
-        result["server_log_head"] = "\n".join(tail.splitlines()[:40])[:6000]  # weights, KV, graphs
-        result["server_log_tail"] = tail[-4000:]
-        kv = [ln for ln in tail.splitlines() if "KV cache:" in ln]
-        result["kv_cache_log"] = kv[-1] if kv else None
-        weights = [ln for ln in tail.splitlines() if "tenk.engine.model_runner: weights" in ln]
-        result["weights_log"] = weights[-1] if weights else None
+        if logs:  # the first server's log stands for all (they run the same command on their own GPUs)
+            tail = logs[0].read_text(errors="replace")
+            result["server_log_head"] = "\n".join(tail.splitlines()[:40])[:6000]  # weights, KV, graphs
+            result["server_log_tail"] = tail[-4000:]
+            kv = [ln for ln in tail.splitlines() if "KV cache:" in ln]
+            result["kv_cache_log"] = kv[-1] if kv else None
+            weights = [ln for ln in tail.splitlines() if "tenk.engine.model_runner: weights" in ln]
+            result["weights_log"] = weights[-1] if weights else None
     return result
 
 
@@ -196,6 +219,7 @@ def _layout(cfg_result: dict, preset: str, gpu_name: str) -> dict | None:
     mc = ModelConfig.from_dir(materialize_preset(preset, None))
     kv_bytes = tokens * kv_block_bytes(mc, 16, dtype) // 16
     tp, dp = _parallel(cfg_result.get("serve_command") or [])
+    dp *= cfg_result.get("servers", 1)
     kv_bytes //= tp  # the log gives one replica's tokens; each of its TP ranks holds 1/tp of every token
     return {"weights_bytes_per_gpu": int(weights), "kv_bytes_per_gpu": int(kv_bytes), "kv_tokens": tokens,
             "gpus": tp * dp, "tp": tp, "dp": dp, "gpu_name": gpu_name, "device": "cuda"}
@@ -220,8 +244,10 @@ def export_bench_files(report: dict, out: Path, labels: dict[str, dict]) -> list
             continue
         doc = json.loads(json.dumps(r["bench"]))
         tp, dp = _parallel(r.get("serve_command") or [])
-        doc["config"]["labels"] = {"name": r["name"], "gpu": report.get("device"), "gpus": tp * dp,
-                                   "layout": f"TP={tp} DP={dp}", **labels.get(r["name"], {})}
+        servers = r.get("servers", 1)
+        layout = f"TP={tp} DP={dp * servers}" + (f" ({servers} servers)" if servers > 1 else "")
+        doc["config"]["labels"] = {"name": r["name"], "gpu": report.get("device"), "gpus": tp * dp * servers,
+                                   "layout": layout, **labels.get(r["name"], {})}
         layout = _layout(r, report["preset"], report.get("device") or "")
         if layout:
             doc["config"]["layout"] = layout

@@ -50,13 +50,14 @@ def test_headline_serves_sweeps_exports_and_reports(tmp_path):
 
 def test_headline_writes_each_configuration_as_it_finishes(tmp_path):
     """A run cut off by a time limit keeps the configurations it finished: the JSON and their
-    exports are written after each one, not only at the end."""
+    exports are written after each one, not only at the end. The second configuration is two
+    separate servers swept by one bench (servers=2)."""
     import time
 
     out = tmp_path / "hl.json"
     proc = subprocess.Popen(
         [sys.executable, str(BENCH / "headline.py"), "--preset", "tiny-moe", "--config", "a:gpus=0",
-         "--config", "b:gpus=0:c=1,2", "--concurrency", "1", "--input-len", "8", "--output-len", "4",
+         "--config", "b:gpus=0,1:servers=2:c=1,2", "--concurrency", "1", "--input-len", "8", "--output-len", "4",
          "--min-prompts", "2", "--warmup", "1", "--max-num-seqs", "4", "--out", str(out)],
         env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -73,6 +74,9 @@ def test_headline_writes_each_configuration_as_it_finishes(tmp_path):
             proc.kill()
     final = json.loads(out.read_text())
     assert [c["name"] for c in final["configs"]] == ["a", "b"] and final["unfinished"] == []
+    b = final["configs"][1]  # two separate servers, one bench over both
+    assert b["servers"] == 2 and len(b["bench"]["config"]["urls"]) == 2 and b["summary"]["failed_total"] == 0
+    assert json.loads((tmp_path / "hl_b.json").read_text())["config"]["labels"]["layout"] == "TP=1 DP=2 (2 servers)"
 
 
 def test_step_profile_and_roofline(tmp_path):
