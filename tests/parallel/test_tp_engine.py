@@ -185,3 +185,13 @@ def test_cli_generate_tp2(tiny):
     bad = runner.invoke(app, args + ["--tp", "3"])
     assert bad.exit_code == 1 and "not divisible by tensor-parallel size 3" in bad.output
     assert not [p for p in mp.active_children() if p.name.startswith("tenk-tp-")]
+
+
+def test_symm_mem_all_reduce_is_for_cuda_only(monkeypatch):
+    """TENK_SYMM_MEM_ALL_REDUCE=1 on a CPU (gloo) group changes nothing: gloo does every reduce."""
+    from tenk.parallel.symm_all_reduce import maybe_symm_all_reduce
+
+    monkeypatch.setenv("TENK_SYMM_MEM_ALL_REDUCE", "1")
+    assert maybe_symm_all_reduce(None, torch.device("cpu")) is None
+    monkeypatch.delenv("TENK_SYMM_MEM_ALL_REDUCE")
+    assert maybe_symm_all_reduce(None, torch.device("cuda", 0)) is None  # off unless asked for

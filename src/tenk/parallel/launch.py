@@ -33,7 +33,9 @@ def init_tp(
     else:
         kwargs["init_method"] = init_method
     dist.init_process_group(backend, rank=rank, world_size=world_size, **kwargs)
-    set_tp_group(dist.group.WORLD, rank, world_size)
+    from tenk.parallel.symm_all_reduce import maybe_symm_all_reduce
+
+    set_tp_group(dist.group.WORLD, rank, world_size, maybe_symm_all_reduce(dist.group.WORLD, device))
 
 
 DESTROY_TIMEOUT_S = 20.0
@@ -43,6 +45,7 @@ def shutdown_tp() -> None:
     """Leave the TP group. NCCL's teardown is itself collective and can wait forever on a peer
     that is gone, so on GPUs it runs in a thread that is given up on after DESTROY_TIMEOUT_S."""
     if dist.is_initialized():
+        set_tp_group(dist.group.WORLD, 0, 1)  # drops the symmetric-memory buffer before its group goes
         if dist.get_backend() == "nccl":
             done = threading.Thread(target=dist.destroy_process_group, name="tenk-nccl-destroy", daemon=True)
             done.start()

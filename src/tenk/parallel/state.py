@@ -11,9 +11,12 @@ _TP_RANK = 0
 _TP_SIZE = 1
 
 
-def set_tp_group(group: dist.ProcessGroup | None, rank: int, size: int) -> None:
-    global _TP_GROUP, _TP_RANK, _TP_SIZE
-    _TP_GROUP, _TP_RANK, _TP_SIZE = group, rank, size
+_FAST_ALL_REDUCE = None  # a SymmMemAllReduce (parallel/symm_all_reduce.py), or None: NCCL / gloo only
+
+
+def set_tp_group(group: dist.ProcessGroup | None, rank: int, size: int, fast_all_reduce=None) -> None:
+    global _TP_GROUP, _TP_RANK, _TP_SIZE, _FAST_ALL_REDUCE
+    _TP_GROUP, _TP_RANK, _TP_SIZE, _FAST_ALL_REDUCE = group, rank, size, fast_all_reduce
 
 
 def get_tp_rank() -> int:
@@ -26,6 +29,8 @@ def get_tp_size() -> int:
 
 def tp_all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
     if _TP_SIZE == 1:
+        return x
+    if _FAST_ALL_REDUCE is not None and op == dist.ReduceOp.SUM and _FAST_ALL_REDUCE(x):
         return x
     dist.all_reduce(x, op=op, group=_TP_GROUP)
     return x
