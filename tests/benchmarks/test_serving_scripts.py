@@ -113,3 +113,13 @@ def test_api_ceiling_sweeps_the_api_process_over_the_synthetic_engine(tmp_path):
         assert lv["failed"] == 0 and lv["num_prompts"] == 2 * lv["concurrency"]
         assert 0 < lv["output_tok_s"] <= lv["engine_tok_s"] * 1.05  # c sequences over both replicas, one token a step
         assert lv["api_cpu_s"] > 0 and lv["api_cpu_us_per_token"] > 0
+
+
+def test_all_reduce_benchmark_plumbing(tmp_path):
+    """On CPU the all-reduce benchmark runs gloo between two spawned ranks (the GPU run adds NCCL
+    in CUDA graphs and the symmetric-memory one-shot path)."""
+    out = tmp_path / "ar.json"
+    _run([str(BENCH / "all_reduce.py"), "--ranks", "2", "--hidden", "64", "--tokens", "1,4", "--calls", "2",
+          "--out", str(out)], timeout=120)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["tokens"] for r in rows] == [1, 4] and all(r["gloo_us"] > 0 for r in rows)
