@@ -48,6 +48,8 @@ def build_engine(engine_kwargs: dict):
 
     synthetic = synthetic_engine_from_env(engine_kwargs)  # TENK_SYNTHETIC_ENGINE: the API process alone
     if synthetic is not None:
+        log.warning("%s is set: this engine makes tokens without a model, one per request every %.0f ms",
+                    "TENK_SYNTHETIC_ENGINE", synthetic.step_s * 1000)  # fmt: skip
         return synthetic
     from tenk.engine.config import EngineConfig
     from tenk.engine.llm_engine import LLMEngine
