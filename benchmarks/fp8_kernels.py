@@ -22,10 +22,7 @@ benchmarks/results/). Budget: ~3 minutes on an H100.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -37,10 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a bare checkout too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from moe_kernels import Timer, gpu_tag, make_routing  # noqa: E402  (same routing and timing as the NVFP4 benchmark)
+from moe_kernels import Timer, interpreter_if, make_routing, write_result  # noqa: E402  (the NVFP4 benchmark's routing, timing and JSON)
 
-COPY_TBPS = 3.0  # H100 ceilings measured here (DESIGN.md)
-BF16_TFLOPS = 790.0
 TOKENS = (1, 16, 64, 256, 1024, 4096)
 CHECK_TOKENS = 256  # rows checked against the reference (it loops over experts)
 CHUNK = 32  # experts dequantized at once for the bf16 copy (fp32 temporaries)
@@ -237,12 +232,7 @@ def main() -> int:
     timer = Timer(args.smoke)
     started = time.time()
     rows, checks, errors = [], [], {}
-    interpreter = contextlib.nullcontext()
-    if args.smoke:
-        from tenk.kernels.interpret import triton_interpreter
-
-        interpreter = triton_interpreter()
-    with interpreter:
+    with interpreter_if(args.smoke):
         for tp, (key, shape) in zip(tps, shapes(tps, args.smoke).items()):
             for scheme in args.schemes.split(","):
                 for kind in ("moe",) if args.no_dense else ("moe", "dense"):
@@ -257,19 +247,7 @@ def main() -> int:
                         print(f"[{name}] FAILED\n{errors[name]}", file=sys.stderr)
                     if not args.smoke:
                         torch.cuda.empty_cache()
-    import triton
-
-    result = {
-        "device": torch.cuda.get_device_name() if not args.smoke else "cpu (Triton interpreter, smoke shapes)",
-        "torch": torch.__version__, "triton": triton.__version__, "host": platform.node(),
-        "seconds": round(time.time() - started, 1),
-        "ceilings": {"copy_tbps": COPY_TBPS, "bf16_tflops": BF16_TFLOPS},
-        "checks": checks, "rows": rows, "errors": errors,
-    }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"fp8_kernels_{'smoke' if args.smoke else gpu_tag()}.json"
-    path.write_text(json.dumps(result, indent=1))
+    result, path = write_result("fp8_kernels", args.out, args.smoke, started, rows, checks, errors)
     bad = [c for c in checks if not c["ok"]]
     print(f"wrote {path} in {result['seconds']} s; {len(bad)} failed checks, {len(errors)} errors")
     return 1 if bad or errors else 0

@@ -223,6 +223,35 @@ def gpu_tag() -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower())
 
 
+def interpreter_if(smoke: bool):
+    """Triton's interpreter for --smoke runs (CPU tensors), else nothing."""
+    if not smoke:
+        return contextlib.nullcontext()
+    from tenk.kernels.interpret import triton_interpreter
+
+    return triton_interpreter()
+
+
+def write_result(name: str, out: str, smoke: bool, started: float, rows: list, checks: list, errors: dict,
+                 **extra) -> tuple[dict, Path]:  # fmt: skip
+    """The benchmark's JSON (device, versions, ceilings, checks, rows, errors and `extra`) as
+    OUT/NAME_<gpu tag>.json, or NAME_smoke.json."""
+    import triton
+
+    result = {
+        "device": torch.cuda.get_device_name() if not smoke else "cpu (Triton interpreter, smoke shapes)",
+        "torch": torch.__version__, "triton": triton.__version__, "host": platform.node(),
+        "seconds": round(time.time() - started, 1),
+        "ceilings": {"copy_tbps": COPY_TBPS, "bf16_tflops": BF16_TFLOPS},
+        "checks": checks, "rows": rows, "errors": errors, **extra,
+    }  # fmt: skip
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}_{'smoke' if smoke else gpu_tag()}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return result, path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="qwen3,minimax")
@@ -239,12 +268,7 @@ def main() -> int:
     timer = Timer(args.smoke)
     started = time.time()
     rows, checks, errors = [], [], {}
-    interpreter = contextlib.nullcontext()
-    if args.smoke:
-        from tenk.kernels.interpret import triton_interpreter
-
-        interpreter = triton_interpreter()
-    with interpreter:
+    with interpreter_if(args.smoke):
         for key in args.models.split(","):
             try:
                 run_shape(key, shapes[key], tokens, timer, device, rows, checks)
@@ -253,20 +277,9 @@ def main() -> int:
                 print(f"[{key}] FAILED\n{errors[key]}", file=sys.stderr)
             if not args.smoke:
                 torch.cuda.empty_cache()
-    import triton
-
-    result = {
-        "device": torch.cuda.get_device_name() if not args.smoke else "cpu (Triton interpreter, smoke shapes)",
-        "torch": torch.__version__, "triton": triton.__version__, "host": platform.node(),
-        "seconds": round(time.time() - started, 1),
-        "ceilings": {"copy_tbps": COPY_TBPS, "bf16_tflops": BF16_TFLOPS},
-        "checks": checks, "rows": rows, "errors": errors,
-        "targets_met": all(v["ok"] for r in rows for v in r["targets"].values()) and bool(rows),
-    }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"moe_kernels_{'smoke' if args.smoke else gpu_tag()}.json"
-    path.write_text(json.dumps(result, indent=1))
+    targets_met = all(v["ok"] for r in rows for v in r["targets"].values()) and bool(rows)
+    result, path = write_result("moe_kernels", args.out, args.smoke, started, rows, checks, errors,
+                                targets_met=targets_met)
     bad = [c for c in checks if not c["ok"]]
     print(f"wrote {path} in {result['seconds']} s; {len(bad)} failed checks; targets met: {result['targets_met']}")
     return 1 if bad or errors else 0
