@@ -4,6 +4,7 @@ the model, sending one engine request per prompt, and reading the outputs back i
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,16 @@ class Generation:
 
     def abort(self) -> None:
         self.state.client.abort(self.queue)
+
+    @contextmanager
+    def aborted_on_error(self):
+        """Around the handler's wait for this generation: an error, or the client leaving
+        (cancelled), frees the engine's work before it propagates."""
+        try:
+            yield
+        except BaseException:
+            self.abort()
+            raise
 
     async def next(self) -> tuple[int, RequestDelta] | None:
         """The next delta as (choice index, delta), or None when every choice has finished."""

@@ -74,13 +74,10 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest)
     params = sampling_params(state, req, len(ids), max_tokens, top_n, "messages", max_param)
     gen = Generation(state, f"chatcmpl-{uuid.uuid4().hex}", [ids], [params])
     gen.start()
-    try:
+    with gen.aborted_on_error():
         if req.stream:
             return await _stream(state, gen, req, model, top_n)
         choices = await gen.run_to_end()
-    except BaseException:  # an error, or the client left (cancelled): free the engine's work
-        gen.abort()
-        raise
     out = []
     for i, ch in enumerate(choices):
         lp = {"content": _logprobs(state, ch.token_ids, ch.logprobs, top_n)} if top_n is not None else None

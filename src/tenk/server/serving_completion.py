@@ -62,13 +62,10 @@ async def create_completion(state: ServerState, req: CompletionRequest) -> Respo
         texts = [t if t is not None else state.tokenizer.decode(ids, False) for t, ids in zip(texts, prompts)]
     gen = Generation(state, f"cmpl-{uuid.uuid4().hex}", prompts, params)
     gen.start()
-    try:
+    with gen.aborted_on_error():
         if req.stream:
             return await _stream(state, gen, req, model, texts)
         choices = await gen.run_to_end()
-    except BaseException:  # an error, or the client left (cancelled): free the engine's work
-        gen.abort()
-        raise
     return JSONResponse(_response(state, gen, req, model, choices, texts))
 
 
