@@ -44,8 +44,8 @@ DESTROY_TIMEOUT_S = 20.0
 def shutdown_tp() -> None:
     """Leave the TP group. NCCL's teardown is itself collective and can wait forever on a peer
     that is gone, so on GPUs it runs in a thread that is given up on after DESTROY_TIMEOUT_S."""
+    set_tp_group(None, 0, 1)  # first: its symmetric-memory buffer must go before its group does
     if dist.is_initialized():
-        set_tp_group(dist.group.WORLD, 0, 1)  # drops the symmetric-memory buffer before its group goes
         if dist.get_backend() == "nccl":
             done = threading.Thread(target=dist.destroy_process_group, name="tenk-nccl-destroy", daemon=True)
             done.start()
@@ -54,4 +54,3 @@ def shutdown_tp() -> None:
                 logger.warning("NCCL teardown did not finish in %.0f s; leaving it to process exit", DESTROY_TIMEOUT_S)
         else:
             dist.destroy_process_group()
-    set_tp_group(None, 0, 1)
