@@ -123,3 +123,10 @@ def test_all_reduce_benchmark_plumbing(tmp_path):
           "--out", str(out)], timeout=120)
     rows = json.loads(out.read_text())["rows"]
     assert [r["tokens"] for r in rows] == [1, 4] and all(r["gloo_us"] > 0 for r in rows)
+
+
+def test_headline_refuses_servers_that_do_not_divide_the_gpus(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "headline.py"), "--config", "x:gpus=0,1,2:servers=2",
+                           "--out", str(tmp_path / "hl.json")], capture_output=True, text=True, timeout=60, env=ENV, cwd=ROOT)
+    assert proc.returncode != 0 and "servers=2 must be >= 1 and divide its 3 GPUs" in proc.stderr
+    assert not (tmp_path / "hl.json").exists()
