@@ -28,6 +28,7 @@ log = logging.getLogger("tenk.engine_core")
 
 STATS_INTERVAL_S = 0.2  # how often a busy engine attaches its stats to an output batch
 IDLE_POLL_MS = 1000  # an idle engine wakes this often to check that its parent still lives
+PENDING_POLL_MS = 10  # while outputs wait for an API process to connect, retry this often
 MAX_CONSECUTIVE_STEP_FAILURES = 3  # then the engine is broken: exit so the API answers 503
 
 
@@ -35,10 +36,10 @@ MAX_CONSECUTIVE_STEP_FAILURES = 3  # then the engine is broken: exit so the API 
 class EngineCoreArgs:
     engine_kwargs: dict  # EngineConfig fields
     # zmq addresses this process binds: ipc://... (same machine) or tcp://HOST:* (a Ray actor; the
-    # port is picked at bind time and reported back). The API process PUSHes requests to the
-    # input and PULLs outputs from the output.
+    # port is picked at bind time and reported back). Every API process PUSHes requests to the
+    # input; API process k PULLs its outputs from output_addrs[k] (one per --api-server-count).
     input_addr: str
-    output_addr: str
+    output_addrs: list[str]
     log_level: str = "INFO"
     env: dict[str, str] = field(default_factory=dict)  # set before torch loads (CUDA_VISIBLE_DEVICES...)
 
@@ -69,13 +70,17 @@ class _Choice:
 
 
 class EngineCore:
-    def __init__(self, engine, input_sock: zmq.Socket, output_sock: zmq.Socket):
+    def __init__(self, engine, input_sock: zmq.Socket, output_socks: list[zmq.Socket]):
         self.engine = engine
         self.input = input_sock
-        self.output = output_sock
+        self.outputs = output_socks  # one per API process
         self.running: dict[str, list[_Choice]] = {}  # request id -> its n samples
+        self.owner: dict[str, int] = {}  # request id -> the API process that sent it
         self.failures: list[wire.RequestFailed] = []
         self.deltas: list[wire.RequestDelta] = []
+        # Encoded batches an API process has not connected to take yet (at start, or while a dead
+        # one is restarted): kept, never blocking the loop, until it connects or is declared gone.
+        self.pending: list[list[bytes]] = [[] for _ in output_socks]
         self.last_stats: wire.Stats | None = None
         self.last_stats_time = 0.0
         self.step_failures = 0
@@ -91,7 +96,7 @@ class EngineCore:
     def run(self) -> None:
         while not self.stop:
             busy = self.engine.has_unfinished_requests()
-            self._drain_inputs(0 if busy else IDLE_POLL_MS)
+            self._drain_inputs(0 if busy else PENDING_POLL_MS if any(self.pending) else IDLE_POLL_MS)
             if self.stop:
                 break
             if self.engine.has_unfinished_requests():
@@ -127,6 +132,10 @@ class EngineCore:
                 self._add(msg)
             elif isinstance(msg, wire.AbortRequests):
                 self._abort(msg.request_ids)
+                for rid in msg.request_ids:  # nothing more goes back for these
+                    self.owner.pop(rid, None)
+            elif isinstance(msg, wire.ClientGone):
+                self._client_gone(msg.client_index)
             elif isinstance(msg, wire.Shutdown):
                 log.info("engine core shutting down: %s", msg.reason)
                 self.stop = True
@@ -134,6 +143,10 @@ class EngineCore:
 
     def _add(self, msg: wire.AddRequest) -> None:
         rid = msg.request_id
+        if not 0 <= msg.client_index < len(self.outputs):
+            log.error("dropped request %s from unknown API process %d", rid, msg.client_index)
+            return
+        self.owner[rid] = msg.client_index
         try:
             params = self.SamplingParams(**msg.params)
             self.engine.add_request(rid, msg.prompt_token_ids, params, arrival_time=msg.arrival_time)
@@ -145,6 +158,15 @@ class EngineCore:
             self.failures.append(wire.RequestFailed(rid, 500, f"the engine could not add the request: {exc}"))
             return
         self.running[rid] = [_Choice(params.stop_buffer_len) for _ in range(params.n)]
+
+    def _client_gone(self, client: int) -> None:
+        ids = [rid for rid, k in self.owner.items() if k == client]
+        self._abort(ids)
+        for rid in ids:
+            self.owner.pop(rid, None)
+        if 0 <= client < len(self.pending):
+            self.pending[client].clear()
+        log.warning("API process %d is gone: aborted its %d requests", client, len(ids))
 
     def _abort(self, request_ids: list[str]) -> None:
         ids = [r for r in request_ids if self.running.pop(r, None) is not None]
@@ -218,6 +240,8 @@ class EngineCore:
     def _flush(self, idle: bool) -> None:
         """Send this step's deltas and failures, plus the stats when they changed (checked
         every STATS_INTERVAL_S while busy, every pass while idle so /metrics settles at once)."""
+        if any(self.pending):
+            self._retry_pending()
         now = time.monotonic()
         stats = None
         if idle or now - self.last_stats_time >= STATS_INTERVAL_S:
@@ -225,42 +249,78 @@ class EngineCore:
             current = self._stats()
             if current != self.last_stats:
                 stats = self.last_stats = current
-        if self.deltas or self.failures or stats is not None:
-            self._send(wire.encode(wire.OutputBatch(self.deltas, self.failures, stats)))
-            self.deltas, self.failures = [], []
+        deltas, failures = self.deltas, self.failures
+        self.deltas, self.failures = [], []
+        if len(self.outputs) == 1:
+            if deltas or failures or stats is not None:
+                self._send(0, wire.encode(wire.OutputBatch(deltas, failures, stats)))
+            self._forget_finished(deltas, failures)
+            return
+        # Each API process gets the outputs of the requests it sent, and every one gets the stats.
+        per_client: list[tuple[list, list]] = [([], []) for _ in self.outputs]
+        owner = self.owner
+        for d in deltas:
+            per_client[owner.get(d.request_id, 0)][0].append(d)
+        for f in failures:
+            per_client[owner.get(f.request_id, 0)][1].append(f)
+        for k, (ds, fs) in enumerate(per_client):
+            if ds or fs or stats is not None:
+                self._send(k, wire.encode(wire.OutputBatch(ds, fs, stats)))
+        self._forget_finished(deltas, failures)
 
-    def _send(self, data: bytes) -> None:
-        # Blocks only until the API process is connected (SNDTIMEO bounds each wait, so a
-        # vanished parent is noticed).
-        while True:
-            try:
-                self.output.send(data)
-                return
-            except zmq.Again:
-                if os.getppid() != self.parent_pid:
-                    raise SystemExit("the API process is gone") from None
+    def _forget_finished(self, deltas: list[wire.RequestDelta], failures: list[wire.RequestFailed]) -> None:
+        running, owner = self.running, self.owner
+        for d in deltas:
+            if d.finish_reason is not None and d.request_id not in running:
+                owner.pop(d.request_id, None)
+        for f in failures:
+            if f.request_id not in running:
+                owner.pop(f.request_id, None)
+
+    def _send(self, client: int, data: bytes) -> None:
+        # Never blocks: a PUSH socket without a connected API process refuses at once (its queue
+        # is unbounded otherwise), and the batch waits in order behind any earlier refused one.
+        pending = self.pending[client]
+        if pending:
+            pending.append(data)
+            self._retry_pending()
+            return
+        try:
+            self.outputs[client].send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            pending.append(data)
+
+    def _retry_pending(self) -> None:
+        for k, pending in enumerate(self.pending):
+            while pending:
+                try:
+                    self.outputs[k].send(pending[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                pending.pop(0)
 
 
 class HostedEngineCore:
     """An engine with its sockets bound, ready to run: what a replica process (or Ray actor)
     holds between answering Ready and running the loop."""
 
-    def __init__(self, engine, ready: wire.Ready, ctx: zmq.Context, input_sock: zmq.Socket, output_sock: zmq.Socket,
-                 ipc_dir: str | None):  # fmt: skip
+    def __init__(self, engine, ready: wire.Ready, ctx: zmq.Context, input_sock: zmq.Socket,
+                 output_socks: list[zmq.Socket], ipc_dir: str | None):  # fmt: skip
         self.engine = engine
         self.ready = ready
-        self.ctx, self.input, self.output = ctx, input_sock, output_sock
+        self.ctx, self.input, self.outputs = ctx, input_sock, output_socks
         self.ipc_dir = ipc_dir
         # The addresses really bound ("tcp://host:*" becomes "tcp://host:41234"), for the API side.
         self.input_addr = input_sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.output_addr = output_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.output_addrs = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in output_socks]
 
     def run(self) -> None:
         try:
-            EngineCore(self.engine, self.input, self.output).run()
+            EngineCore(self.engine, self.input, self.outputs).run()
         finally:
             self.input.close(linger=0)
-            self.output.close(linger=0)
+            for sock in self.outputs:
+                sock.close(linger=0)
             self.ctx.term()
             if self.ipc_dir is not None:
                 # The socket folder goes with the sockets, also when the API process died first.
@@ -293,12 +353,14 @@ def open_engine_core(args: EngineCoreArgs) -> HostedEngineCore | wire.StartupFai
     ctx = zmq.Context()
     input_sock = ctx.socket(zmq.PULL)
     input_sock.bind(args.input_addr)
-    output_sock = ctx.socket(zmq.PUSH)
-    output_sock.setsockopt(zmq.SNDHWM, 0)  # never block the loop on a slow reader
-    output_sock.setsockopt(zmq.SNDTIMEO, 1000)
-    output_sock.bind(args.output_addr)
+    output_socks = []
+    for addr in args.output_addrs:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never block the loop on a slow reader
+        sock.bind(addr)
+        output_socks.append(sock)
     ipc_dir = os.path.dirname(args.input_addr.removeprefix("ipc://")) if args.input_addr.startswith("ipc://") else None
-    return HostedEngineCore(engine, ready, ctx, input_sock, output_sock, ipc_dir)
+    return HostedEngineCore(engine, ready, ctx, input_sock, output_socks, ipc_dir)
 
 
 def run_engine_core(args: EngineCoreArgs, ready_conn) -> None:
@@ -334,4 +396,4 @@ def start_engine_core_in_actor(args: EngineCoreArgs) -> tuple[object, HostedEngi
     core = open_engine_core(args)
     if isinstance(core, wire.StartupFailed):
         return core, None
-    return (core.ready, core.input_addr, core.output_addr), core
+    return (core.ready, core.input_addr, core.output_addrs), core

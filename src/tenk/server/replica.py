@@ -38,13 +38,14 @@ class EngineStartError(TenkError):
 class EngineProcess:
     """A replica in a local process, started at once (the model loads before serving)."""
 
-    def __init__(self, engine_kwargs: dict, log_level: str, env: dict[str, str] | None = None, index: int = 0):
+    def __init__(self, engine_kwargs: dict, log_level: str, env: dict[str, str] | None = None, index: int = 0,
+                 num_clients: int = 1):  # fmt: skip
         self.index = index
         self.tmpdir = tempfile.mkdtemp(prefix="tenk-ipc-")
         self.input_addr = f"ipc://{self.tmpdir}/input"
-        self.output_addr = f"ipc://{self.tmpdir}/output"
+        self.output_addrs = [f"ipc://{self.tmpdir}/output-{k}" for k in range(num_clients)]  # one per API process
         self.env = {k: str(v) for k, v in (env or {}).items()}
-        self.core_args = EngineCoreArgs(dict(engine_kwargs), self.input_addr, self.output_addr, log_level, self.env)
+        self.core_args = EngineCoreArgs(dict(engine_kwargs), self.input_addr, self.output_addrs, log_level, self.env)
         ctx = multiprocessing.get_context("spawn")
         self._ready_recv, ready_send = ctx.Pipe(duplex=False)
         # Not a daemon: a tensor-parallel engine starts rank processes, which daemons may not.
@@ -134,16 +135,18 @@ class RayEngineReplica:
     node's address (ports picked at bind time) and tells this process where."""
 
     def __init__(self, engine_kwargs: dict, log_level: str, env: dict[str, str], index: int,
-                 num_cpus: float, num_gpus: float):  # fmt: skip
+                 num_cpus: float, num_gpus: float, num_clients: int = 1):  # fmt: skip
         from tenk.parallel.ray_executor import RayReplicaActor
 
         self.index = index
+        self.num_clients = num_clients
         self.engine_kwargs, self.log_level = dict(engine_kwargs), log_level
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it grants the actor; never override that.
         self.env = {k: str(v) for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"}
         self.actor = RayReplicaActor(f"engine replica {index}", num_cpus, num_gpus, self.env)
         self.ready: wire.Ready | None = None
-        self.input_addr = self.output_addr = ""
+        self.input_addr = ""
+        self.output_addrs: list[str] = []
         self.stopping = False
 
     @property
@@ -158,7 +161,8 @@ class RayEngineReplica:
 
     def _core_args(self, node_ip: str) -> tuple:
         host = f"[{node_ip}]" if ":" in node_ip else node_ip
-        return (EngineCoreArgs(self.engine_kwargs, f"tcp://{host}:*", f"tcp://{host}:*", self.log_level, self.env),)
+        outputs = [f"tcp://{host}:*"] * self.num_clients
+        return (EngineCoreArgs(self.engine_kwargs, f"tcp://{host}:*", outputs, self.log_level, self.env),)
 
     def wait_ready(self, timeout: float | None = None) -> wire.Ready:
         try:
@@ -172,7 +176,7 @@ class RayEngineReplica:
         if isinstance(info, wire.StartupFailed):
             self.kill()
             raise EngineStartError(info.message)
-        self.ready, self.input_addr, self.output_addr = info
+        self.ready, self.input_addr, self.output_addrs = info
         return self.ready
 
     def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[str], None]) -> None:
@@ -226,8 +230,9 @@ class ReplicaLauncher:
     def start(self, index: int) -> Replica:
         if self.ray_resources is not None:
             num_cpus, num_gpus = self.ray_resources
-            return RayEngineReplica(self.args.engine_kwargs, self.log_level, self.envs[index], index, num_cpus, num_gpus)
-        return EngineProcess(self.args.engine_kwargs, self.log_level, self.envs[index], index)
+            return RayEngineReplica(self.args.engine_kwargs, self.log_level, self.envs[index], index, num_cpus, num_gpus,
+                                    self.args.api_server_count)  # fmt: skip
+        return EngineProcess(self.args.engine_kwargs, self.log_level, self.envs[index], index, self.args.api_server_count)
 
     def close(self) -> None:
         if self.ray_joined:

@@ -22,6 +22,7 @@ class AddRequest:
     prompt_token_ids: list[int]  # already tokenized by the API process
     params: dict[str, Any]  # SamplingParams init fields (checked by the API process first)
     arrival_time: float  # time.time() when the HTTP request arrived
+    client_index: int = 0  # which API process sent it (--api-server-count): its outputs go back there
 
 
 @dataclass(slots=True)
@@ -32,6 +33,13 @@ class AbortRequests:
 @dataclass(slots=True)
 class Shutdown:
     reason: str
+
+
+@dataclass(slots=True)
+class ClientGone:
+    """An API process died: abort every request it sent, and stop keeping its outputs."""
+
+    client_index: int
 
 
 # --------------------------------------------------------------------------- engine -> API
@@ -96,7 +104,7 @@ class OutputBatch:
     stats: Stats | None  # attached at most every few hundred ms, and when the engine goes idle
 
 
-_TYPES = (AddRequest, AbortRequests, Shutdown, Ready, StartupFailed, OutputBatch, Stats)
+_TYPES = (AddRequest, AbortRequests, Shutdown, Ready, StartupFailed, OutputBatch, Stats, ClientGone)
 _TAG = {cls: i for i, cls in enumerate(_TYPES)}
 
 
