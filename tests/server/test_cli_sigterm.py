@@ -1,6 +1,7 @@
 """`tenk serve` as users run it: it logs its URL when ready, and on SIGTERM stops accepting,
 lets short requests finish, aborts the ones still running after the grace period (their
-clients get an error event and [DONE]), stops the engine process and exits 0."""
+clients get an error event and [DONE]), stops the engine process and exits 0; the same with
+two API processes (--api-server-count 2), where the parent passes SIGTERM on to both."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.server.conftest import ENGINE_ENV, wait_for
 
@@ -40,10 +42,11 @@ def _stream(url: str, body: dict, sink: dict, key: str) -> None:
         sink[key] = lines
 
 
-def test_sigterm_drains_and_exits_zero(tiny_model_dir):
+@pytest.mark.parametrize("api_servers", [1, 2])
+def test_sigterm_drains_and_exits_zero(tiny_model_dir, api_servers):
     cmd = [sys.executable, "-m", "tenk.cli.main", "serve", tiny_model_dir, "--port", "0", "--device", "cpu",
            "--dtype", "float32", "--max-model-len", "4096", "--num-kv-blocks", "512", "--served-model-name", "cli",
-           "--graceful-shutdown-timeout", str(GRACE_S)]  # fmt: skip
+           "--graceful-shutdown-timeout", str(GRACE_S), "--api-server-count", str(api_servers)]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENGINE_ENV})
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
@@ -52,7 +55,7 @@ def test_sigterm_drains_and_exits_zero(tiny_model_dir):
         line = next(line for line in log if "tenk is serving" in line)
         url = re.search(r"at (http://[\d.]+:\d+)", line).group(1)
         engine_pids = _children(proc.pid)
-        assert engine_pids, "no engine process"  # (plus multiprocessing's resource tracker)
+        assert len(engine_pids) >= 1 + api_servers * (api_servers > 1), "no engine process"  # (plus multiprocessing's resource tracker)
         assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "cli"
 
         got: dict = {}

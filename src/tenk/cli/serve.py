@@ -42,6 +42,9 @@ def serve(
         False, "--disable-custom-all-reduce", help="Accepted for vLLM compatibility: tenk all-reduces through NCCL."),
     data_parallel_size: int = typer.Option(
         1, "--data-parallel-size", "--dp", help="Engine replicas behind this endpoint, each on its own --tp GPUs."),
+    api_server_count: int = typer.Option(
+        1, "--api-server-count", help="API processes sharing the port (one streams some 30K tok/s; use more for "
+        "several replicas)."),
     distributed_executor: str = typer.Option(
         "mp", "--distributed-executor", help="mp: replicas are local processes; ray: Ray actors on a Ray cluster."),
     ray_address: Optional[str] = typer.Option(
@@ -82,7 +85,8 @@ def serve(
     )  # fmt: skip
     args = ServerArgs(
         model=model, host=host, port=port, served_model_name=served_model_name or None, api_key=api_key,
-        data_parallel_size=data_parallel_size, distributed_executor=distributed_executor, ray_address=ray_address,
+        data_parallel_size=data_parallel_size, api_server_count=api_server_count,
+        distributed_executor=distributed_executor, ray_address=ray_address,
         engine=engine, graceful_shutdown_s=graceful_shutdown_timeout,
         log_level="debug" if verbose else "info", access_log=access_log,
     )  # fmt: skip

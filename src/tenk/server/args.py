@@ -20,6 +20,9 @@ class ServerArgs:
     served_model_name: list[str] | None = None  # None: the model path as given
     api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <key>"
     data_parallel_size: int = 1  # engine replicas behind this endpoint, each with its own GPUs
+    # API processes sharing the listening socket, each talking to every replica: one process
+    # streams some 30K tokens/s, so several replicas need several (vLLM's --api-server-count).
+    api_server_count: int = 1
     # "mp": replicas are local processes; "ray": Ray actors, placed on any node of a Ray cluster.
     distributed_executor: str = "mp"
     ray_address: str | None = None  # None: RAY_ADDRESS, a cluster running here, else a new local one
@@ -38,6 +41,8 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if not isinstance(self.data_parallel_size, int) or self.data_parallel_size < 1:
             raise ConfigError(f"--data-parallel-size must be a positive integer, got {self.data_parallel_size!r}")
+        if not isinstance(self.api_server_count, int) or self.api_server_count < 1:
+            raise ConfigError(f"--api-server-count must be a positive integer, got {self.api_server_count!r}")
         if self.distributed_executor not in EXECUTORS:
             raise ConfigError(f"--distributed-executor must be one of {', '.join(EXECUTORS)}, "
                               f"got {self.distributed_executor!r}")  # fmt: skip

@@ -123,14 +123,22 @@ class ReplicaLink:
 
 
 class EngineClient:
+    """With `--api-server-count K`, each of the K API processes holds one of these with its own
+    `client_index` (the engines send its outputs to its own socket) and `owns_replicas=False`:
+    the parent process starts, watches and restarts the replicas and tells every API process
+    (api_servers.py)."""
+
     def __init__(self, replicas: list[Replica], metrics: ServerMetrics | None = None,
-                 launcher: ReplicaLauncher | None = None, restart: bool = True):  # fmt: skip
+                 launcher: ReplicaLauncher | None = None, restart: bool = True, client_index: int = 0,
+                 owns_replicas: bool = True):  # fmt: skip
         assert replicas and all(r.ready is not None for r in replicas), "wait_ready() first"
         self.links = [ReplicaLink(i, r) for i, r in enumerate(replicas)]
         self.ready = replicas[0].ready
         self.metrics = metrics
         self.launcher = launcher
-        self.restart = restart and launcher is not None
+        self.client_index = client_index
+        self.owns_replicas = owns_replicas
+        self.restart = restart and (launcher is not None or not owns_replicas)  # by this process or the parent
         self.balancer = LeastLoaded()
         self.draining = False  # the server is stopping: replicas that exit now are not restarted
         self._closing = False
@@ -156,11 +164,20 @@ class EngineClient:
         link.sock_out = self._ctx.socket(zmq.PULL)
         link.sock_out.setsockopt(zmq.RCVHWM, 0)
         link.sock_out.setsockopt(zmq.LINGER, 0)
-        link.sock_out.connect(replica.output_addr)
+        link.sock_out.connect(replica.output_addrs[self.client_index])
         link.reader = asyncio.create_task(self._output_loop(link, link.sock_out), name=f"tenk-output-router-{link.index}")
         link.stats, link.reason = None, None
         link.state, link.up_since = "up", time.monotonic()
         replica.watch(self._loop, lambda reason, r=replica: self._on_replica_exit(link, r, reason))
+
+    def replica_back(self, index: int, replica: Replica, restarts: int) -> None:
+        """The parent process restarted replica `index` (API processes that do not own their
+        replicas): route to the new one."""
+        link = self.links[index]
+        if link.up and link.replica is not None:  # its death was never reported here
+            self._on_replica_exit(link, link.replica, "it was replaced")
+        link.restarts = restarts
+        self.attach(link, replica)
 
     def _detach(self, link: ReplicaLink) -> None:
         if link.reader is not None:
@@ -184,6 +201,12 @@ class EngineClient:
                 link.replica.unwatch()
         if self.num_in_flight:
             self.abort_all("the server is shutting down")
+        if not self.owns_replicas:  # the parent process stops them
+            for link in self.links:
+                self._detach(link)
+                link.state = "down"
+            self._ctx.term()
+            return
         live = [link for link in self.links if link.up and link.replica.is_running()]
         for link in live:
             self._send(link, wire.Shutdown("server shutdown"))
@@ -250,7 +273,7 @@ class EngineClient:
             return
         log.error("engine replica %d (%s) died: %s; %d requests in flight on it fail with 503; %d of %d replicas "
                   "still serve", link.index, replica.where, reason, n, others, len(self.links))  # fmt: skip
-        if self.restart:
+        if self.restart and self.owns_replicas:
             self._tasks = [t for t in self._tasks if not t.done()]
             self._tasks.append(asyncio.create_task(restart_replica(self, link), name=f"tenk-restart-{link.index}"))
 
@@ -276,7 +299,7 @@ class EngineClient:
         queue.open_ids[request_id] = link
         if self.metrics is not None:
             self.metrics.routed(link.label)
-        self._send(link, wire.AddRequest(request_id, prompt_token_ids, params, time.time()))
+        self._send(link, wire.AddRequest(request_id, prompt_token_ids, params, time.time(), self.client_index))
 
     def abort(self, queue: OutputQueue) -> None:
         """Abort every unfinished engine request of this HTTP request (client gone, or error)."""

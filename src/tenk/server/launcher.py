@@ -28,7 +28,7 @@ from tenk.server.tokenization import TokenizerWrapper
 log = logging.getLogger("tenk.server")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -42,15 +42,20 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
+def server_url(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class ApiServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState):
         super().__init__(config)
         self.state = state
-        self.url = ""
+        self.url = ""  # set: announce it once serving (one of several API processes stays quiet)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets=sockets)
-        if not self.should_exit:
+        if not self.should_exit and self.url:
             names = ", ".join(self.state.args.model_names)
             log.info("tenk is serving %s at %s (OpenAI API at %s/v1)", names, self.url, self.url)
 
@@ -84,13 +89,12 @@ class ServerHandle:
     host: str
     port: int
     state: ServerState
-    server: _Server
+    server: ApiServer
     thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        return server_url(self.host, self.port)
 
     @property
     def base_url(self) -> str:
@@ -126,14 +130,15 @@ class ServerHandle:
         self.stop()
 
 
-def _start_replicas(args: ServerArgs, launcher: ReplicaLauncher) -> tuple[list, TokenizerWrapper]:
+def start_replicas(args: ServerArgs, launcher: ReplicaLauncher,
+                   load_tokenizer: bool = True) -> tuple[list, TokenizerWrapper | None]:  # fmt: skip
     """Start every replica at once (they load in parallel) and wait until all are ready."""
     replicas = []
     try:
         for i in range(args.data_parallel_size):
             replicas.append(launcher.start(i))
         # The tokenizer loads here while the engine processes load the model.
-        tokenizer = TokenizerWrapper(args.engine.get("tokenizer") or args.model)
+        tokenizer = TokenizerWrapper(args.engine.get("tokenizer") or args.model) if load_tokenizer else None
         for r in replicas:
             r.wait_ready(args.startup_timeout_s)
             log.info("engine replica %d of %d is up (%s)", r.index, args.data_parallel_size, r.where)
@@ -149,7 +154,8 @@ def _start_replicas(args: ServerArgs, launcher: ReplicaLauncher) -> tuple[list, 
     return replicas, tokenizer
 
 
-def _prepare(args: ServerArgs) -> tuple[_Server, socket.socket, ServerHandle]:
+def resolve_model(args: ServerArgs) -> None:
+    """A preset name becomes its materialised config folder, served under the preset's name."""
     if not Path(args.model).is_dir():
         from tenk.models.presets import PRESETS
         from tenk.models.source import resolve_model_dir
@@ -160,11 +166,27 @@ def _prepare(args: ServerArgs) -> tuple[_Server, socket.socket, ServerHandle]:
         # a preset with random weights: served under its name, from its materialised config folder
         args.served_model_name = args.served_model_name or [args.model]
         args.model = str(resolve_model_dir(args.model, args.engine.get("load_format", "auto")))
-    sock = _bind(args.host, args.port)
+
+
+def server_config(state: ServerState) -> uvicorn.Config:
+    return uvicorn.Config(
+        build_app(state),
+        log_config=None,
+        log_level=state.args.log_level,
+        access_log=state.args.access_log,
+        timeout_graceful_shutdown=int(state.args.graceful_shutdown_s) + 5,  # backstop; see ApiServer.shutdown
+        timeout_keep_alive=30,
+        lifespan="on",
+    )
+
+
+def _prepare(args: ServerArgs) -> tuple[ApiServer, socket.socket, ServerHandle]:
+    resolve_model(args)
+    sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
     try:
         launcher = ReplicaLauncher(args)
-        replicas, tokenizer = _start_replicas(args, launcher)
+        replicas, tokenizer = start_replicas(args, launcher)
     except BaseException:
         sock.close()
         raise
@@ -173,16 +195,7 @@ def _prepare(args: ServerArgs) -> tuple[_Server, socket.socket, ServerHandle]:
     for link in client.links:
         client.metrics.add_engine(link.label)
     state = ServerState(args=args, client=client, tokenizer=tokenizer, metrics=client.metrics)
-    config = uvicorn.Config(
-        build_app(state),
-        log_config=None,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=int(args.graceful_shutdown_s) + 5,  # backstop; see _Server.shutdown
-        timeout_keep_alive=30,
-        lifespan="on",
-    )
-    server = _Server(config, state)
+    server = ApiServer(server_config(state), state)
     handle = ServerHandle(args.host, port, state, server)
     server.url = handle.url
     return server, sock, handle
@@ -196,7 +209,12 @@ def launch(args: ServerArgs, ready_timeout: float = 60.0) -> ServerHandle:
         handle.stop()
 
     Engine processes are started with multiprocessing's spawn method, so a script calling
-    this needs the usual `if __name__ == "__main__":` guard."""
+    this needs the usual `if __name__ == "__main__":` guard. With `api_server_count > 1` the
+    API processes are spawned too, and the handle is an api_servers.PoolHandle."""
+    if args.api_server_count > 1:
+        from tenk.server.api_servers import launch_pool
+
+        return launch_pool(args, ready_timeout)
     server, sock, handle = _prepare(args)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tenk-api", daemon=True)
     handle.thread = thread
@@ -212,6 +230,10 @@ def launch(args: ServerArgs, ready_timeout: float = 60.0) -> ServerHandle:
 
 def serve_forever(args: ServerArgs) -> None:
     """Run in the foreground; returns after SIGTERM / Ctrl-C and a graceful shutdown."""
+    if args.api_server_count > 1:
+        from tenk.server.api_servers import serve_pool_forever
+
+        return serve_pool_forever(args)
     server, sock, handle = _prepare(args)
     try:
         server.run(sockets=[sock])

@@ -5,6 +5,10 @@ arrive; the engine's own counters (tokens, prefix cache, KV usage, queue sizes) 
 stats the engine core sends and are exported by a collector at scrape time. Every series has
 `model_name` and `engine` labels (the engine label tells data-parallel replicas apart).
 
+With several API processes (`--api-server-count`), each counts its own requests; prometheus_client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the parent before it starts them) adds them up
+at scrape time, whichever process answers.
+
 tenk adds, per replica: `tenk:engine_up` (1 while it takes requests), `tenk:engine_requests_routed_total`
 (engine requests the load balancer sent it), `tenk:engine_requests_failed_total` (requests in
 flight when it died) and `tenk:engine_restarts_total`.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tenk.server.wire import Stats
@@ -74,9 +78,11 @@ class _EngineStatsCollector:
 
 class ServerMetrics:
     def __init__(self, model_name: str, stats_by_engine: Callable[[], dict[str, Stats | None]],
-                 up_by_engine: Callable[[], dict[str, bool]] | None = None):  # fmt: skip
+                 up_by_engine: Callable[[], dict[str, bool]] | None = None,
+                 multiprocess_dir: str | None = None):  # fmt: skip
         # A registry per server, so several servers can live in one process (tests, demo).
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
         self.model_name = model_name
         self._ttft = Histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                                LABELS, buckets=TTFT_BUCKETS, registry=self.registry)  # fmt: skip
@@ -92,7 +98,8 @@ class ServerMetrics:
                                "replica died while running them.", LABELS, registry=self.registry)  # fmt: skip
         self._restarts = Counter("tenk:engine_restarts", "Times the replica was restarted after it died.", LABELS,
                                  registry=self.registry)  # fmt: skip
-        self.registry.register(_EngineStatsCollector(model_name, stats_by_engine, up_by_engine))
+        self._engine_stats = _EngineStatsCollector(model_name, stats_by_engine, up_by_engine)
+        self.registry.register(self._engine_stats)
         self._children: dict[str, tuple] = {}
 
     def _for(self, engine: str):
@@ -127,4 +134,11 @@ class ServerMetrics:
         self._restarts.labels(self.model_name, engine).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # Every API process's counters and histograms from their files; the engines' own stats
+        # are the same in every API process, so this one's are exported once.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(self._engine_stats)
+        return generate_latest(registry)
