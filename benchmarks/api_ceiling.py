@@ -9,7 +9,8 @@ token) swept by `tenk bench`, with the API process's CPU time per streamed token
 At c sequences and STEP_MS per step the engines could stream c / STEP_MS tokens per second
 (`engine_tok_s`); when the sweep measures less and the API process's CPU is near one core, that
 process is the ceiling. With --dp N the server runs N synthetic replicas behind its one API
-process, as `tenk serve --dp N` does with real ones.
+process, as `tenk serve --dp N` does with real ones; with --api-server-count K, behind K API
+processes (their CPU is added up, with the parent's).
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _is_api_process(pid: int) -> bool:
+    """An API process of --api-server-count (its parent sets this for them only)."""
+    try:
+        return b"PROMETHEUS_MULTIPROC_DIR=" in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,6 +74,7 @@ def main() -> int:
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--dp", type=int, default=1)
+    ap.add_argument("--api-server-count", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--server-cores", default=None, help="e.g. 8-15: the API process and its engines")
     ap.add_argument("--client-cores", default=None, help="e.g. 0-7: tenk bench")
@@ -77,14 +87,15 @@ def main() -> int:
     env = {**os.environ, "TENK_SYNTHETIC_ENGINE": str(args.step_ms), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     serve = [sys.executable, "-m", "tenk.cli.main", "serve", "tiny-moe", "--load-format", "dummy", "--device", "cpu",
-             "--port", str(port), "--dp", str(args.dp), "--max-num-seqs", str(max(levels)),
+             "--port", str(port), "--dp", str(args.dp), "--api-server-count", str(args.api_server_count), "--max-num-seqs", str(max(levels)),
              "--max-model-len", str(args.input_len + args.output_len + 16), "--no-enable-prefix-caching"]  # fmt: skip
     server_cores, client_cores, engine_cores = _cores(args.server_cores), _cores(args.client_cores), _cores(args.engine_cores)
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen(serve, env=env, stdout=log, stderr=subprocess.STDOUT,
                             preexec_fn=(lambda: os.sched_setaffinity(0, server_cores)) if server_cores else None)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    result: dict = {"benchmark": "api_ceiling", "step_ms": args.step_ms, "dp": args.dp, "workers": args.workers,
+    result: dict = {"benchmark": "api_ceiling", "step_ms": args.step_ms, "dp": args.dp,
+                    "api_server_count": args.api_server_count, "workers": args.workers,
                     "input_len": args.input_len, "output_len": args.output_len, "cpu_count": os.cpu_count(),
                     "server_cores": args.server_cores, "client_cores": args.client_cores,
                     "engine_cores": args.engine_cores, "levels": []}  # fmt: skip
@@ -101,19 +112,21 @@ def main() -> int:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        api_pids = [proc.pid] + [c for c in _children(proc.pid) if _is_api_process(c)]
         if engine_cores:
             for child in _children(proc.pid):
-                os.sched_setaffinity(child, engine_cores)
+                if child not in api_pids:
+                    os.sched_setaffinity(child, engine_cores)
         for c in levels:
             n = max(int(c * args.prompts_per_concurrency), c)
             out = Path(tempfile.mkdtemp()) / "bench.json"
             bench = [sys.executable, "-m", "tenk.cli.main", "bench", "--url", url, "--model", "tiny-moe",
                      "--concurrency", str(c), "--num-prompts", str(n), "--input-len", str(args.input_len),
                      "--output-len", str(args.output_len), "--workers", str(args.workers), "--out", str(out)]  # fmt: skip
-            before = _cpu_s(proc.pid)
+            before = sum(_cpu_s(p) for p in api_pids)
             b = subprocess.run(bench, env=env, capture_output=True, text=True,
                                preexec_fn=(lambda: os.sched_setaffinity(0, client_cores)) if client_cores else None)  # fmt: skip
-            api_cpu = _cpu_s(proc.pid) - before
+            api_cpu = sum(_cpu_s(p) for p in api_pids) - before
             if b.returncode != 0:
                 print(b.stdout[-2000:], b.stderr[-2000:], file=sys.stderr)
                 return 1
