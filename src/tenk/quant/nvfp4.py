@@ -31,6 +31,8 @@ a large relative error; `nvfp4_error_bound` adds the exact saturation term (y - 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 GROUP_SIZE = 16
@@ -45,6 +47,14 @@ _ODD_TIE_BOUNDS = (0.75, 1.75, 3.5)  # ties here go up to the even code (2, 4, 6
 
 
 def e2m1_table(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The code -> value table on `device`, made once: under CUDA graph capture (the reference
+    MoE path runs there for shapes the Triton kernel does not tile) a new host->device copy is
+    not allowed, so the table the eager warm-up made is reused. Read-only."""
+    return _e2m1_table(str(torch.device(device)), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _e2m1_table(device: str, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
 
 
