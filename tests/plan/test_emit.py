@@ -50,7 +50,7 @@ def test_sglang_and_tenk_flags(tmp_path, seed_plans):
         assert flag in text
     text, _ = _script(tmp_path, seed_plans["nvlink"], "tenk", "nvfp4:tp2dp2")
     assert 'tenk serve "$MODEL"' in text
-    for flag in ("--tp 2", "--dp 2", "--gpu-memory-utilization 0.9", "--max-num-seqs 256"):
+    for flag in ("--tp 2", "--dp 2", "--api-server-count 4", "--gpu-memory-utilization 0.9", "--max-num-seqs 256"):
         assert flag in text
     assert "NCCL_P2P_DISABLE" not in text and "--disable-custom-all-reduce" not in text  # NVLink: nothing extra
 

@@ -21,6 +21,7 @@ from typing import Callable
 from tenk.errors import ConfigError
 from tenk.plan.launcher import Launcher
 from tenk.plan.planner import LayoutPlan
+from tenk.server.args import api_servers_for
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ def serve_command(model: str, lp: LayoutPlan, gpu_memory_utilization: float, max
     """The exact `tenk serve` command for a layout (one endpoint, DP replicas behind it)."""
     cmd = ["tenk", "serve", model, "--tp", str(lp.tp), "--dp", str(lp.dp), "--gpu-memory-utilization",
            f"{gpu_memory_utilization:g}", "--max-num-seqs", str(max_num_seqs)]
+    if lp.dp > 1:
+        cmd += ["--api-server-count", str(api_servers_for(lp.dp))]
     if lp.max_model_len:
         cmd += ["--max-model-len", str(lp.max_model_len)]
     cmd += list(extra)

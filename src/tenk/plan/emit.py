@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tenk.errors import ConfigError
 from tenk.plan.planner import LayoutPlan, Plan
+from tenk.server.args import api_servers_for
 from tenk.plan.units import gib, tokens
 
 ENGINES = ("tenk", "vllm", "sglang")
@@ -64,6 +65,8 @@ def serve_args(engine: str, lp: LayoutPlan, pcie: bool, max_num_seqs: int, utili
     if engine == "tenk":
         args = ["--tp", lp.tp, "--dp", lp.dp, "--gpu-memory-utilization", utilization, "--max-num-seqs", max_num_seqs,
                 "--max-model-len", lp.max_model_len]
+        if lp.dp > 1:
+            args += ["--api-server-count", api_servers_for(lp.dp)]
         if fp8_kv:
             args += ["--kv-cache-dtype", "fp8"]
     elif engine == "vllm":

@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 
 from tenk.errors import TenkError
 from tenk.plan.planner import LayoutPlan
+from tenk.server.args import api_servers_for
 
 
 class ServerHandle(Protocol):
@@ -127,6 +128,8 @@ class TenkServeLauncher:
                "--max-num-seqs", str(self.max_num_seqs)]
         if lp.max_model_len:
             cmd += ["--max-model-len", str(lp.max_model_len)]
+        if dp > 1:
+            cmd += ["--api-server-count", str(api_servers_for(dp))]
         if self.device != "auto":
             cmd += ["--device", self.device]
         return cmd + list(self.quantization_args(lp)) + list(self.extra_args)
