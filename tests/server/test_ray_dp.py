@@ -134,3 +134,22 @@ def test_ray_dp2_replicas_are_actors_on_both_nodes(ray_cluster, tiny_model_dir, 
         assert [r["choices"][0]["text"] for r in got] == [r["choices"][0]["text"] for r in want[:4]]
     finally:
         handle.stop()
+
+
+def test_ray_dp2_behind_two_api_processes(ray_cluster, tiny_model_dir, server):
+    """--api-server-count 2 with Ray replicas: each actor binds one tcp output per API process."""
+    want = asyncio.run(_completions(server.url, PROMPTS[:6], {"Authorization": f"Bearer {API_KEY}"}, **GREEDY))
+    handle = start_server(tiny_model_dir, data_parallel_size=2, distributed_executor="ray", ray_address=ray_cluster,
+                          api_server_count=2, served_model_name=[MODEL_NAME])  # fmt: skip
+    try:
+        links = handle.pool.links
+        assert all("Ray actor on node 127.0.0.1" in lk.replica.where for lk in links)
+        for lk in links:
+            outs = lk.replica.output_addrs
+            assert len(set(outs)) == 2 and all(a.startswith("tcp://127.0.0.1:") for a in outs), outs
+        got = asyncio.run(_completions(handle.url, PROMPTS[:6], model=MODEL_NAME, **GREEDY))
+        assert [r["choices"][0]["text"] for r in got] == [r["choices"][0]["text"] for r in want]
+        routed = metric_by_engine(httpx.Client(base_url=handle.url, timeout=30), "tenk:engine_requests_routed_total")
+        assert sum(routed.values()) == 6 and min(routed.values()) >= 1
+    finally:
+        handle.stop()

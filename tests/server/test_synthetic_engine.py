@@ -28,10 +28,14 @@ def test_steps_tokens_text_aborts_and_stats(monkeypatch):
     assert [o.request_id for o in first] == ["a", "b"]  # max_num_seqs 2: c waits
     assert engine.get_stats().num_running == 2 and engine.get_stats().num_waiting == 1
     engine.abort_request(["b"])
-    finished = {}
+    finished, text_len = {}, {"a": len(first[0].outputs[0].text)}
+    assert text_len["a"] > 0  # the first token already has text
     while engine.has_unfinished_requests():
         for out in engine.step():
             assert len(out.outputs[0].token_ids) >= 1
+            # every token adds text, as a real model's tokens do
+            assert len(out.outputs[0].text) > text_len.get(out.request_id, 0)
+            text_len[out.request_id] = len(out.outputs[0].text)
             if out.finished:
                 finished[out.request_id] = out.outputs[0]
     assert sorted(finished) == ["a", "c"] and "b" not in finished

@@ -26,8 +26,10 @@ class RequestRecord:
     ok: bool = False
     error: str | None = None
     status: int | None = None
-    # arrival time (perf_counter) of every chunk that carried generated text, and how many
-    # characters it carried (0-length chunks such as role headers are not recorded)
+    # arrival time (perf_counter) of every chunk that carried generated tokens: with text, or with
+    # an empty text for tokens that have none yet (vLLM's bench times those too); a role-only
+    # opening chunk or a bare finish chunk is not recorded. aiperf and guidellm time the first
+    # chunk with text instead, which is later when a model's first tokens decode to nothing.
     chunk_times: array = field(default_factory=lambda: array("d"))
     text: str = ""  # generated text (kept for the tokenizer cross-check; dropped before saving)
     prompt_tokens: int | None = None  # from the server's usage

@@ -35,7 +35,7 @@ from tenk.server import wire
 from tenk.server.api_worker import ReplicaInfo, run_api_worker
 from tenk.server.args import ServerArgs
 from tenk.server.engine_client import ReplicaLink
-from tenk.server.launcher import bind, resolve_model, server_url, start_replicas
+from tenk.server.launcher import EndpointHandle, bind, resolve_model, server_url, start_replicas
 from tenk.server.replica import Replica, ReplicaLauncher
 from tenk.server.replica_supervisor import restart_replica
 
@@ -302,7 +302,7 @@ class ApiServerPool:
             self.metrics_dir = ""
 
 
-class PoolHandle:
+class PoolHandle(EndpointHandle):
     """What `launch()` returns with --api-server-count > 1 (the server runs in a thread here,
     its API processes and replicas in their own processes)."""
 
@@ -312,14 +312,6 @@ class PoolHandle:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return server_url(self.host, self.port)
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
 
     @property
     def engine_pids(self) -> list[int | None]:
@@ -343,12 +335,6 @@ class PoolHandle:
             self._loop.call_soon_threadsafe(self._stop.set)
             self.thread.join(timeout if timeout is not None else self.pool.args.graceful_shutdown_s + 40)
         self.pool.kill_all()
-
-    def __enter__(self) -> PoolHandle:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def launch_pool(args: ServerArgs, ready_timeout: float = 60.0) -> PoolHandle:

@@ -84,13 +84,11 @@ class ApiServer(uvicorn.Server):
             client.abort_all("The server is shutting down.")
 
 
-@dataclass
-class ServerHandle:
+class EndpointHandle:
+    """What `launch()` returns: where the server listens, its engine processes, and stop()."""
+
     host: str
     port: int
-    state: ServerState
-    server: ApiServer
-    thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -104,6 +102,28 @@ class ServerHandle:
     def engine_pid(self) -> int | None:
         """The process id of replica 0's engine core."""
         return self.engine_pids[0]
+
+    @property
+    def engine_pids(self) -> list[int | None]:
+        raise NotImplementedError
+
+    def stop(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class ServerHandle(EndpointHandle):
+    host: str
+    port: int
+    state: ServerState
+    server: ApiServer
+    thread: threading.Thread | None = None
 
     @property
     def engine_pids(self) -> list[int | None]:
@@ -122,12 +142,6 @@ class ServerHandle:
                 self.server.force_exit = True
                 self.thread.join(10)
         self.state.client.kill_all()
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def start_replicas(args: ServerArgs, launcher: ReplicaLauncher,

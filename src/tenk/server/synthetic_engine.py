@@ -3,7 +3,9 @@
 With TENK_SYNTHETIC_ENGINE=STEP_MS in its environment an engine-core process builds this
 instead of LLMEngine: every step takes STEP_MS of wall time (a GPU step's length), then gives
 each running request one more token, until its max_tokens. Tokens cycle through the ids of
-one short word, so the text grows by a few bytes per token like a real stream. Everything
+one short word and each adds its own text, so every streamed chunk carries text as a real
+model's does (clients that time the first chunk with text and those that time the first chunk
+with a token then agree). Everything
 around it is the real server: the API process, the wire protocol, the engine-core loop with
 its text deltas, HTTP and SSE; so a client sweep against it shows how many streamed tokens per
 second, and requests per second, the API process can carry, whatever the GPUs could.
@@ -50,7 +52,10 @@ class SyntheticEngine:
         self.step_s = step_s
         tok = AutoTokenizer.from_pretrained(path)
         self.word_ids = tok.encode(WORD, add_special_tokens=False) or [0]
-        self.word = tok.decode(self.word_ids)
+        pieces = [tok.decode([t]) for t in self.word_ids]
+        if not all(p and "\ufffd" not in p for p in pieces):  # a token alone is no text: text per word
+            pieces = [""] * (len(self.word_ids) - 1) + [tok.decode(self.word_ids)]
+        self.pieces = pieces
         self.running: dict[str, _Request] = {}
         self.waiting: list[_Request] = []
         self.prompt_tokens_total = 0
@@ -81,9 +86,9 @@ class SyntheticEngine:
             self.prompt_tokens_total += len(r.prompt_token_ids)
         outputs = []
         for rid, r in list(self.running.items()):
-            r.token_ids.append(self.word_ids[len(r.token_ids) % len(self.word_ids)])
-            if len(r.token_ids) % len(self.word_ids) == 0:
-                r.text += self.word
+            k = len(r.token_ids) % len(self.word_ids)
+            r.token_ids.append(self.word_ids[k])
+            r.text += self.pieces[k]
             done = len(r.token_ids) >= r.max_tokens
             comp = CompletionOutput(0, r.text, list(r.token_ids), None, None, "length" if done else None)
             outputs.append(RequestOutput(rid, r.prompt_token_ids, [comp], done))
