@@ -175,3 +175,20 @@ def test_api_process_death_is_survived(tiny_model_dir):
         for s in socks:
             s.close()
         handle.stop()
+
+
+@pytest.mark.parametrize(("flags", "want"), [([], 1), (["--dp", "2"], 4), (["--dp", "2", "--api-server-count", "1"], 1),
+                                             (["--api-server-count", "3"], 3)])  # fmt: skip
+def test_serve_default_api_server_count(monkeypatch, flags, want):
+    """`tenk serve` starts two API processes per replica once --dp > 1, unless told otherwise."""
+    from typer.testing import CliRunner
+
+    import tenk.server.launcher
+    from tenk.cli.main import app
+
+    seen = []
+    monkeypatch.setattr(tenk.server.launcher, "serve_forever", lambda args: seen.append(args))
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the command's SIGTERM handler stays out of pytest
+    res = CliRunner().invoke(app, ["serve", "tiny-moe", "--load-format", "dummy", "--device", "cpu", *flags])
+    assert res.exit_code == 0, res.output
+    assert [a.api_server_count for a in seen] == [want]

@@ -42,9 +42,9 @@ def serve(
         False, "--disable-custom-all-reduce", help="Accepted for vLLM compatibility: tenk all-reduces through NCCL."),
     data_parallel_size: int = typer.Option(
         1, "--data-parallel-size", "--dp", help="Engine replicas behind this endpoint, each on its own --tp GPUs."),
-    api_server_count: int = typer.Option(
-        1, "--api-server-count", help="API processes sharing the port (one streams some 30K tok/s; use more for "
-        "several replicas)."),
+    api_server_count: Optional[int] = typer.Option(
+        None, "--api-server-count", help="API processes sharing the port (one streams about 28K tok/s). Default: "
+        "1, or two per replica with --dp > 1."),
     distributed_executor: str = typer.Option(
         "mp", "--distributed-executor", help="mp: replicas are local processes; ray: Ray actors on a Ray cluster."),
     ray_address: Optional[str] = typer.Option(
@@ -74,6 +74,7 @@ def serve(
         raise ConfigError(f"--backend {backend!r} is not available; choose one of: {', '.join(BACKENDS)}")
     setup_logging(verbose)
     from tenk.server import ServerArgs, serve_forever
+    from tenk.server.args import api_servers_for
 
     engine = dict(
         tokenizer=tokenizer, dtype=dtype, device=device, load_format=load_format, quantization=quantization,
@@ -85,7 +86,8 @@ def serve(
     )  # fmt: skip
     args = ServerArgs(
         model=model, host=host, port=port, served_model_name=served_model_name or None, api_key=api_key,
-        data_parallel_size=data_parallel_size, api_server_count=api_server_count,
+        data_parallel_size=data_parallel_size,
+        api_server_count=api_server_count if api_server_count is not None else api_servers_for(data_parallel_size),
         distributed_executor=distributed_executor, ray_address=ray_address,
         engine=engine, graceful_shutdown_s=graceful_shutdown_timeout,
         log_level="debug" if verbose else "info", access_log=access_log,

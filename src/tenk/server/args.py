@@ -13,8 +13,9 @@ EXECUTORS = ("mp", "ray")
 
 
 def api_servers_for(data_parallel_size: int) -> int:
-    """The --api-server-count tenk's plan and autotune launch with: two per replica once there
-    are several (DP=2 on two H200s reached 1.91x DP=1 so; one API process caps near 28K tok/s)."""
+    """`tenk serve`'s default --api-server-count (plan and autotune write it out too): two per
+    replica once there are several (DP=2 on two H200s reached 1.91x DP=1 so, 1.74x with one API
+    process, which caps near 28K tok/s). In-process `launch()` keeps ServerArgs' 1."""
     return 2 * data_parallel_size if data_parallel_size > 1 else 1
 
 
