@@ -75,9 +75,10 @@ class EngineCore:
         self.input = input_sock
         self.outputs = output_socks  # one per API process
         self.running: dict[str, list[_Choice]] = {}  # request id -> its n samples
-        self.owner: dict[str, int] = {}  # request id -> the API process that sent it
-        self.failures: list[wire.RequestFailed] = []
-        self.deltas: list[wire.RequestDelta] = []
+        self.owner: dict[str, int] = {}  # request id -> the API process that sent it, until its last output
+        # This step's outputs, per API process (each gets those of the requests it sent).
+        self.failures: list[list[wire.RequestFailed]] = [[] for _ in output_socks]
+        self.deltas: list[list[wire.RequestDelta]] = [[] for _ in output_socks]
         # Encoded batches an API process has not connected to take yet (at start, or while a dead
         # one is restarted): kept, never blocking the loop, until it connects or is declared gone.
         self.pending: list[list[bytes]] = [[] for _ in output_socks]
@@ -132,8 +133,6 @@ class EngineCore:
                 self._add(msg)
             elif isinstance(msg, wire.AbortRequests):
                 self._abort(msg.request_ids)
-                for rid in msg.request_ids:  # nothing more goes back for these
-                    self.owner.pop(rid, None)
             elif isinstance(msg, wire.ClientGone):
                 self._client_gone(msg.client_index)
             elif isinstance(msg, wire.Shutdown):
@@ -151,24 +150,29 @@ class EngineCore:
             params = self.SamplingParams(**msg.params)
             self.engine.add_request(rid, msg.prompt_token_ids, params, arrival_time=msg.arrival_time)
         except (ValueError, TypeError) as exc:
-            self.failures.append(wire.RequestFailed(rid, 400, str(exc)))
+            self._fail(rid, 400, str(exc))
             return
         except Exception as exc:  # an engine fault for this request only
             log.error("add_request %s failed:\n%s", rid, traceback.format_exc())
-            self.failures.append(wire.RequestFailed(rid, 500, f"the engine could not add the request: {exc}"))
+            self._fail(rid, 500, f"the engine could not add the request: {exc}")
             return
         self.running[rid] = [_Choice(params.stop_buffer_len) for _ in range(params.n)]
 
     def _client_gone(self, client: int) -> None:
         ids = [rid for rid, k in self.owner.items() if k == client]
         self._abort(ids)
-        for rid in ids:
-            self.owner.pop(rid, None)
         if 0 <= client < len(self.pending):
             self.pending[client].clear()
         log.warning("API process %d is gone: aborted its %d requests", client, len(ids))
 
+    def _fail(self, request_id: str, status: int, message: str) -> None:
+        """Its last output: the API process that sent it answers `status` (call before _abort)."""
+        self.failures[self.owner.pop(request_id, 0)].append(wire.RequestFailed(request_id, status, message))
+
     def _abort(self, request_ids: list[str]) -> None:
+        """Stop these requests; nothing more goes back for them."""
+        for r in request_ids:
+            self.owner.pop(r, None)
         ids = [r for r in request_ids if self.running.pop(r, None) is not None]
         if ids:
             try:
@@ -187,7 +191,8 @@ class EngineCore:
             log.error("engine step failed (%d in a row):\n%s", self.step_failures, traceback.format_exc())
             ids = list(self.running)
             msg = f"the engine failed while running the request: {exc}"
-            self.failures.extend(wire.RequestFailed(r, 500, msg) for r in ids)
+            for r in ids:
+                self._fail(r, 500, msg)
             self._abort(ids)
             if self.step_failures >= MAX_CONSECUTIVE_STEP_FAILURES:
                 raise RuntimeError("the engine failed repeatedly; giving up") from exc
@@ -198,7 +203,7 @@ class EngineCore:
                 self._collect(out)
             except Exception as exc:  # one request's output could not be sent: fail that request only
                 log.error("output of %s failed:\n%s", out.request_id, traceback.format_exc())
-                self.failures.append(wire.RequestFailed(out.request_id, 500, f"the engine output failed: {exc}"))
+                self._fail(out.request_id, 500, f"the engine output failed: {exc}")
                 self._abort([out.request_id])
 
     def _collect(self, out) -> None:
@@ -206,6 +211,7 @@ class EngineCore:
         if choices is None:  # aborted meanwhile
             return
         n_prompt = len(out.prompt_token_ids)
+        deltas = self.deltas[self.owner.get(out.request_id, 0)]
         for comp in out.outputs:
             ch = choices[comp.index]
             if ch.done:
@@ -222,7 +228,7 @@ class EngineCore:
                 new_lps = [{int(k): float(v) for k, v in d.items()} for d in comp.logprobs[ch.num_tokens :]]
             ch.num_tokens = len(comp.token_ids)
             ch.done = finish is not None
-            self.deltas.append(
+            deltas.append(
                 wire.RequestDelta(
                     out.request_id, comp.index, [int(t) for t in new_ids], piece, new_lps, finish,
                     comp.stop_reason if finish is not None else None, n_prompt, int(out.num_cached_tokens or 0),
@@ -230,6 +236,7 @@ class EngineCore:
             )
         if out.finished:
             del self.running[out.request_id]
+            self.owner.pop(out.request_id, None)
 
     # ------------------------------------------------------------------ output
 
@@ -249,33 +256,11 @@ class EngineCore:
             current = self._stats()
             if current != self.last_stats:
                 stats = self.last_stats = current
-        deltas, failures = self.deltas, self.failures
-        self.deltas, self.failures = [], []
-        if len(self.outputs) == 1:
+        for k in range(len(self.outputs)):  # every API process gets the stats
+            deltas, failures = self.deltas[k], self.failures[k]
             if deltas or failures or stats is not None:
-                self._send(0, wire.encode(wire.OutputBatch(deltas, failures, stats)))
-            self._forget_finished(deltas, failures)
-            return
-        # Each API process gets the outputs of the requests it sent, and every one gets the stats.
-        per_client: list[tuple[list, list]] = [([], []) for _ in self.outputs]
-        owner = self.owner
-        for d in deltas:
-            per_client[owner.get(d.request_id, 0)][0].append(d)
-        for f in failures:
-            per_client[owner.get(f.request_id, 0)][1].append(f)
-        for k, (ds, fs) in enumerate(per_client):
-            if ds or fs or stats is not None:
-                self._send(k, wire.encode(wire.OutputBatch(ds, fs, stats)))
-        self._forget_finished(deltas, failures)
-
-    def _forget_finished(self, deltas: list[wire.RequestDelta], failures: list[wire.RequestFailed]) -> None:
-        running, owner = self.running, self.owner
-        for d in deltas:
-            if d.finish_reason is not None and d.request_id not in running:
-                owner.pop(d.request_id, None)
-        for f in failures:
-            if f.request_id not in running:
-                owner.pop(f.request_id, None)
+                self._send(k, wire.encode(wire.OutputBatch(deltas, failures, stats)))
+                self.deltas[k], self.failures[k] = [], []
 
     def _send(self, client: int, data: bytes) -> None:
         # Never blocks: a PUSH socket without a connected API process refuses at once (its queue
