@@ -104,3 +104,17 @@ def sm90_compile():
         return [_compile_sm90(r.fn, a, k) for r in recorders.values() for a, k in r.launches]
 
     return run
+
+
+H100_MAX_SHARED = 227 * 1024  # per-block shared memory on an H100
+
+
+def assert_fits_sm90(results: list[dict], expected: list[str]) -> None:
+    """The sm90_compile results are exactly the `expected` kernels, each without register spills
+    and within an H100's shared memory (printed, so -s shows the resource use)."""
+    assert sorted({r["name"] for r in results}) == sorted(expected)
+    for r in results:
+        print(f"{r['name']}: {r['regs']} registers, {r['spill_bytes']} spill bytes, "
+              f"{r['shared_bytes'] / 1024:.0f} KiB shared, {r['options']}")
+        assert r["spill_bytes"] == 0, r
+        assert r["shared_bytes"] <= H100_MAX_SHARED, r

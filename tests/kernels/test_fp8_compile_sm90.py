@@ -10,9 +10,9 @@ from tenk.kernels import fp8_gemm as fg
 from tenk.kernels import fp8_moe as fm
 from tenk.kernels import nvfp4_gemm as ng  # its split-K reduce finishes the FP8 GEMM too
 from tenk.kernels.configs.fp8 import dense_config, moe_config
+from tests.kernels.conftest import assert_fits_sm90
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
-MAX_SHARED = 227 * 1024  # H100 per-block limit
 E, H, I, TOP_K = 256, 3072, 768, 8
 TOKENS = [1, 64, 512, 8192]
 
@@ -22,15 +22,6 @@ def sm90(monkeypatch, sm90_compile):
     """Compiles what a CUDA call would launch: bf16 activations take the inline-asm conversion."""
     monkeypatch.setattr(fg, "COMPILE_GPU_VARIANT", True)
     return sm90_compile
-
-
-def _check(results, expected):
-    assert sorted({r["name"] for r in results}) == sorted(expected)
-    for r in results:
-        print(f"{r['name']}: {r['regs']} registers, {r['spill_bytes']} spill bytes, "
-              f"{r['shared_bytes'] / 1024:.0f} KiB shared, {r['options']}")
-        assert r["spill_bytes"] == 0, r
-        assert r["shared_bytes"] <= MAX_SHARED, r
 
 
 def _experts(scheme, experts):
@@ -59,7 +50,7 @@ def test_fp8_moe_compiles_for_sm90(sm90, scheme, tokens):
         expected.append("_moe_align_kernel")
     if cfg.w13.split_k > 1:
         expected.append("_silu_mul_reduce_kernel")
-    _check(results, expected)
+    assert_fits_sm90(results, expected)
 
 
 @pytest.mark.parametrize("tokens", TOKENS)
@@ -75,12 +66,12 @@ def test_fp8_gemm_compiles_for_sm90(sm90, scheme, tokens, n, shards):
     s = torch.ones(n // 128, k // 128) if scheme == "block" else torch.ones(len(shards))
     results = sm90([fg, ng], lambda: fg.fp8_gemm(x, w, s, scheme, shards, torch.empty(n, dtype=torch.bfloat16),
                                                      config=cfg))
-    _check(results, ["_fp8_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))
+    assert_fits_sm90(results, ["_fp8_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))
 
 
 def test_fp8_gemm_fp16_and_channel_compile(sm90):
     x = torch.empty(16, 3072, dtype=torch.float16)
     w = torch.empty(3072, 3072, dtype=torch.float8_e4m3fn)
     cfg = dense_config(16, 3072, 3072)
-    _check(sm90([fg, ng], lambda: fg.fp8_gemm(x, w, torch.ones(3072), "channel", config=cfg)),
-           ["_fp8_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))
+    results = sm90([fg, ng], lambda: fg.fp8_gemm(x, w, torch.ones(3072), "channel", config=cfg))
+    assert_fits_sm90(results, ["_fp8_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))

@@ -16,6 +16,7 @@ from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+from tests.kernels.conftest import assert_fits_sm90
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
 
@@ -317,7 +318,6 @@ def test_config_lookup_and_heuristics():
 
 # ---------------------------------------------------------------- sm_90 compile (CPU, no GPU needed)
 
-MAX_SHARED = 227 * 1024
 QWEN3 = dict(experts=128, hidden=2048, inter=768)
 MINIMAX = dict(experts=256, hidden=3072, inter=1536)
 
@@ -334,15 +334,6 @@ def _kernel_layout_experts(experts, hidden, inter):
 def gpu_variant(monkeypatch, sm90_compile):
     monkeypatch.setattr(ng, "COMPILE_GPU_VARIANT", True)
     return sm90_compile
-
-
-def _report(results, expected):
-    assert sorted({r["name"] for r in results}) == sorted(expected)
-    for r in results:
-        print(f"{r['name']}: {r['regs']} registers, {r['spill_bytes']} spill bytes, "
-              f"{r['shared_bytes'] / 1024:.0f} KiB shared, {r['options']}")
-        assert r["spill_bytes"] == 0, r
-        assert r["shared_bytes"] <= MAX_SHARED, r
 
 
 @pytest.mark.slow
@@ -362,7 +353,7 @@ def test_moe_compiles_for_sm90(gpu_variant, model, tokens):
         expected.append("_moe_align_kernel")
     if cfg.w13.split_k > 1:
         expected.append("_silu_mul_reduce_kernel")
-    _report(results, expected)
+    assert_fits_sm90(results, expected)
 
 
 @pytest.mark.slow
@@ -374,14 +365,14 @@ def test_gemm_compiles_for_sm90(gpu_variant, m, dtype):
     wq, sq = torch.empty(n, k // 4, dtype=torch.int16), torch.empty(n, k // 64, dtype=torch.int32)
     cfg = heuristic_dense(m, n, k)
     results = gpu_variant([ng], lambda: ng.nvfp4_gemm(x, wq, sq, torch.ones(3), [2048, 1024, 1024], config=cfg))
-    _report(results, ["_nvfp4_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))
+    assert_fits_sm90(results, ["_nvfp4_gemm_kernel"] + (["_split_reduce_kernel"] if cfg.split_k > 1 else []))
 
 
 @pytest.mark.slow
 def test_dequant_kernel_compiles_for_sm90(gpu_variant):
     wq, sq = torch.empty(4, 1536, 512, dtype=torch.int16), torch.empty(4, 1536, 32, dtype=torch.int32)
-    _report(gpu_variant([ng], lambda: ng.dequantize_kernel_layout(wq, sq, torch.ones(4, 2), torch.bfloat16, gs_mode=2)),
-            ["_nvfp4_dequant_kernel"])
+    results = gpu_variant([ng], lambda: ng.dequantize_kernel_layout(wq, sq, torch.ones(4, 2), torch.bfloat16, gs_mode=2))
+    assert_fits_sm90(results, ["_nvfp4_dequant_kernel"])
 
 
 # ---------------------------------------------------------------- on a GPU
