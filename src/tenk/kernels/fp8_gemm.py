@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tenk.kernels._tiles import grouped_tile
+from tenk.kernels._tiles import dense_tile, shard_scale, store_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, block_scales_fit, dense_config, fit_block_k, fit_block_n
 from tenk.kernels.nvfp4_gemm import finish_split_k
@@ -173,17 +173,7 @@ def _fp8_gemm_kernel(
     """out^T tile [BN, BM] for one split of K. SCHEME 0: per-shard scales (up to three, rows split
     at end0 / end1), 1: per row, 2: block scales. SPLIT_K == 1: out = scaled acc (+ bias) in out's
     dtype; else fp32 partials at out + pid_k * s_os (the reduce kernel finishes them)."""
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    rows = tl.where(n_ok, offs_n, 0).to(tl.int64)  # masked rows re-read row 0, dropped at the store
+    pid_k, pid_n, offs_m, offs_n, m_ok, n_ok, rows = dense_tile(M, N, BM, BN, GROUP_M)
     w_rows = w_ptr + rows[:, None] * s_wn
     x_cols = x_ptr + offs_m.to(tl.int64)[None, :] * s_xm
     s_tile = s_ptr + ((pid_n * BN) // SBN).to(tl.int64) * s_sn  # block scales: the tile's scale row
@@ -196,23 +186,10 @@ def _fp8_gemm_kernel(
                               BK, SBK, SCHEME == 2, EVEN_K, COMPUTE, USE_ASM, COMPUTE == tl.float32, False)
 
     if SCHEME == 0:
-        if NUM_SHARDS == 1:
-            s = tl.load(s_ptr + tl.zeros([BN], tl.int32))
-        elif NUM_SHARDS == 2:
-            s = tl.where(offs_n < end0, tl.load(s_ptr), tl.load(s_ptr + 1))
-        else:
-            s = tl.where(offs_n < end0, tl.load(s_ptr), tl.where(offs_n < end1, tl.load(s_ptr + 1), tl.load(s_ptr + 2)))
-        acc = acc * s[:, None]
+        acc = acc * shard_scale(s_ptr, offs_n, end0, end1, NUM_SHARDS, BN)[:, None]
     elif SCHEME == 1:
         acc = acc * tl.load(s_ptr + rows)[:, None]
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * s_om + offs_n[:, None]
-    mask = n_ok[:, None] & m_ok[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, acc, mask=mask)
+    store_tile(acc, out_ptr, bias_ptr, offs_m, offs_n, m_ok, n_ok, pid_k, s_om, s_os, HAS_BIAS, SPLIT_K)
 
 
 # ---------------------------------------------------------------- public ops

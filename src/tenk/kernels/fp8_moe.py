@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
 from tenk.kernels.moe import fused_moe_ref
-from tenk.kernels.nvfp4_moe import block_pairs, run_moe_stages
+from tenk.kernels.nvfp4_moe import block_pairs, moe_tile, run_moe_stages, store_moe_tile
 
 SCHEMES = ("tensor", "block")
 
@@ -100,18 +99,8 @@ def _fp8_moe_gemm_kernel(
     Not GATED (w2): out = acc in out's dtype, or fp32 partials [split, pair, N].
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
     topk_ids; a token's top-k experts differ, so no weight is read twice."""
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    if DIRECT:
-        num_m = num_pairs
-    else:
-        num_m = tl.cdiv(max_padded, BM)
-    num_n = tl.cdiv(N, BN)
-    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-    if not DIRECT:
-        if pid_m * BM >= tl.load(npp_ptr):
-            return
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    pid_m, pid_n, e = moe_tile(num_pairs, max_padded, N, npp_ptr, expert_ptr, DIRECT, BM, BN, GROUP_M)
     if e < 0:
         return
 
@@ -134,25 +123,7 @@ def _fp8_moe_gemm_kernel(
         acc = acc * tl.load(s_ptr + e * s_se)
         if GATED:
             acc_up = acc_up * tl.load(s_ptr + e * s_se + s_sn)
-
-    out_ptrs = out_ptr + safe[None, :] * s_or + offs_n[:, None]
-    mask = n_ok[:, None] & row_ok[None, :]
-    if GATED:
-        if SPLIT_K == 1:
-            dtype = out_ptr.dtype.element_ty
-            g = acc.to(dtype).to(tl.float32)
-            u = acc_up.to(dtype).to(tl.float32)
-            s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-            tl.store(out_ptrs, (s * u).to(dtype), mask=mask)
-        else:
-            part = out_ptrs + pid_k.to(tl.int64) * s_os
-            tl.store(part, acc, mask=mask)
-            tl.store(part + N, acc_up, mask=mask)
-    else:
-        if SPLIT_K == 1:
-            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, acc, mask=mask)
+    store_moe_tile(acc, acc_up, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os, N, GATED, SPLIT_K)
 
 
 def _gemm(a, w, s, out, align, num_pairs, n, topk, gated, a_by_token, cfg: Fp8Config, split, block):

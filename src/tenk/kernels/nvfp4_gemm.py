@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tenk.kernels._tiles import grouped_tile
+from tenk.kernels._tiles import dense_tile, shard_scale, store_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, dense_config
 
@@ -291,17 +291,7 @@ def _nvfp4_gemm_kernel(
 ):
     """out^T tile [BN, BM] for one split of K. SPLIT_K == 1: out = acc * global scale (+ bias) in
     out's dtype; else fp32 partials at out + pid_k * s_os (the reduce kernel finishes them)."""
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    rows = tl.where(n_ok, offs_n, 0).to(tl.int64)  # masked weight rows re-read row 0, zeroed below
+    pid_k, _, offs_m, offs_n, m_ok, n_ok, rows = dense_tile(M, N, BM, BN, GROUP_M)  # masked rows: zeroed below
     w_rows = wq_ptr + rows[:, None] * s_wn
     s_rows = sq_ptr + rows[:, None] * s_sn
     x_cols = x_ptr + offs_m.to(tl.int64)[None, :] * s_xm
@@ -313,22 +303,10 @@ def _nvfp4_gemm_kernel(
     acc, unused = _accumulate(acc, acc, w_rows, s_rows, 0, 0, x_cols, m_ok[None, :], k0, k1, Q, BN, BKQ, COMPUTE,
                            USE_ASM, COMPUTE == tl.float32, False)
 
-    if NUM_SHARDS == 1:
-        gs = tl.load(gs_ptr + tl.zeros([BN], tl.int32))
-    elif NUM_SHARDS == 2:
-        gs = tl.where(offs_n < end0, tl.load(gs_ptr), tl.load(gs_ptr + 1))
-    else:
-        gs = tl.where(offs_n < end0, tl.load(gs_ptr), tl.where(offs_n < end1, tl.load(gs_ptr + 1), tl.load(gs_ptr + 2)))
+    gs = shard_scale(gs_ptr, offs_n, end0, end1, NUM_SHARDS, BN)
     y = acc * (gs * 256.0)[:, None]  # 256 undoes the 2^-8 of the scales (SCALE_EXP)
     y = tl.where(n_ok[:, None], y, 0.0)
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * s_om + offs_n[:, None]
-    mask = n_ok[:, None] & m_ok[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, y, mask=mask)
+    store_tile(y, out_ptr, bias_ptr, offs_m, offs_n, m_ok, n_ok, pid_k, s_om, s_os, HAS_BIAS, SPLIT_K)
 
 
 @triton.jit

@@ -145,6 +145,52 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
 
 
 @triton.jit
+def moe_tile(num_pairs, max_padded, N, npp_ptr, expert_ptr, DIRECT: tl.constexpr, BM: tl.constexpr,
+             BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n, expert) of this program in a grouped MoE GEMM (NVFP4 and FP8); expert < 0
+    when its token block has nothing to do: past num_tokens_post_padded, or an expert of another
+    rank. DIRECT: token block m is pair m alone and expert_ptr the flat topk_ids."""
+    if DIRECT:
+        num_m = num_pairs
+    else:
+        num_m = tl.cdiv(max_padded, BM)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), num_m, tl.cdiv(N, BN), GROUP_M)
+    if DIRECT:
+        live = pid_m < num_m
+    else:
+        live = pid_m * BM < tl.load(npp_ptr)
+    e = tl.load(expert_ptr + pid_m, mask=live, other=-1).to(tl.int64)
+    return pid_m, pid_n, e
+
+
+@triton.jit
+def store_moe_tile(g, u, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os, N, GATED: tl.constexpr,
+                   SPLIT_K: tl.constexpr):
+    """Write a grouped GEMM's scaled fp32 out^T tile for its pairs. GATED (g: gate, u: up): with
+    SPLIT_K == 1 silu(g) * u, each rounded to out's dtype as the unfused path rounds, else fp32
+    partials [split, pair, 2N] (gate | up) for _silu_mul_reduce_kernel. Not GATED (u unused): g
+    in out's dtype, or fp32 partials [split, pair, N]."""
+    out_ptrs = out_ptr + safe[None, :] * s_or + offs_n[:, None]
+    mask = n_ok[:, None] & row_ok[None, :]
+    if GATED:
+        if SPLIT_K == 1:
+            dtype = out_ptr.dtype.element_ty
+            g = g.to(dtype).to(tl.float32)
+            u = u.to(dtype).to(tl.float32)
+            s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+            tl.store(out_ptrs, (s * u).to(dtype), mask=mask)
+        else:
+            part = out_ptrs + pid_k.to(tl.int64) * s_os
+            tl.store(part, g, mask=mask)
+            tl.store(part + N, u, mask=mask)
+    else:
+        if SPLIT_K == 1:
+            tl.store(out_ptrs, g.to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, g, mask=mask)
+
+
+@triton.jit
 def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
                 DIRECT: tl.constexpr, BM: tl.constexpr):
     """The (token, expert) pairs of token block pid_m in a grouped MoE GEMM (NVFP4 and FP8):
@@ -179,18 +225,8 @@ def _nvfp4_moe_gemm_kernel(
     Not GATED (w2): out = acc * gs[e] in out's dtype, or fp32 partials [split, pair, N].
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
     topk_ids; a token's top-k experts differ, so no weight is read twice."""
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    if DIRECT:
-        num_m = num_pairs
-    else:
-        num_m = tl.cdiv(max_padded, BM)
-    num_n = tl.cdiv(N, BN)
-    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-    if not DIRECT:
-        if pid_m * BM >= tl.load(npp_ptr):
-            return
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    pid_m, pid_n, e = moe_tile(num_pairs, max_padded, N, npp_ptr, expert_ptr, DIRECT, BM, BN, GROUP_M)
     if e < 0:
         return
 
@@ -210,27 +246,11 @@ def _nvfp4_moe_gemm_kernel(
     acc, acc_up = _accumulate(acc, acc_up, w_rows, s_rows, N * s_wn, N * s_sn, x_cols, row_ok[None, :], k0, k1, Q,
                               BN, BKQ, COMPUTE, USE_ASM, COMPUTE == tl.float32, GATED)
 
-    out_ptrs = out_ptr + safe[None, :] * s_or + offs_n[:, None]
-    mask = n_ok[:, None] & row_ok[None, :]
+    g = acc * (tl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
+    u = acc_up
     if GATED:
-        g = acc * (tl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
         u = acc_up * (tl.load(gs_ptr + e * s_ge + 1) * 256.0)
-        if SPLIT_K == 1:
-            dtype = out_ptr.dtype.element_ty
-            g = g.to(dtype).to(tl.float32)
-            u = u.to(dtype).to(tl.float32)
-            s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-            tl.store(out_ptrs, (s * u).to(dtype), mask=mask)
-        else:
-            part = out_ptrs + pid_k.to(tl.int64) * s_os
-            tl.store(part, g, mask=mask)
-            tl.store(part + N, u, mask=mask)
-    else:
-        y = acc * (tl.load(gs_ptr + e * s_ge) * 256.0)
-        if SPLIT_K == 1:
-            tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, y, mask=mask)
+    store_moe_tile(g, u, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os, N, GATED, SPLIT_K)
 
 
 @triton.jit
