@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a bare checkout too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from moe_kernels import Shape as MoeShape  # noqa: E402
 from moe_kernels import Timer, interpreter_if, make_routing, write_result  # noqa: E402  (the NVFP4 benchmark's routing, timing and JSON)
 
 TOKENS = (1, 16, 64, 256, 1024, 4096)
@@ -42,12 +43,7 @@ CHUNK = 32  # experts dequantized at once for the bf16 copy (fp32 temporaries)
 
 
 @dataclass(frozen=True)
-class Shape:
-    name: str
-    experts: int
-    hidden: int
-    inter: int
-    top_k: int = 8
+class Shape(MoeShape):
     block: tuple[int, int] = (128, 128)
     heads: tuple[int, int, int] = (48, 8, 128)  # q heads, kv heads, head_dim (dense shapes)
 
