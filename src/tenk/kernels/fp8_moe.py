@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
 from tenk.kernels.moe import fused_moe_ref
-from tenk.kernels.nvfp4_moe import block_pairs, moe_tile, run_moe_stages, store_moe_tile
+from tenk.kernels.nvfp4_moe import block_pairs, run_moe_stages, store_moe_tile
 
 SCHEMES = ("tensor", "block")
 
@@ -99,8 +100,18 @@ def _fp8_moe_gemm_kernel(
     Not GATED (w2): out = acc in out's dtype, or fp32 partials [split, pair, N].
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
     topk_ids; a token's top-k experts differ, so no weight is read twice."""
+    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    pid_m, pid_n, e = moe_tile(num_pairs, max_padded, N, npp_ptr, expert_ptr, DIRECT, BM, BN, GROUP_M)
+    if DIRECT:
+        num_m = num_pairs
+    else:
+        num_m = tl.cdiv(max_padded, BM)
+    num_n = tl.cdiv(N, BN)
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
+    if not DIRECT:
+        if pid_m * BM >= tl.load(npp_ptr):
+            return
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)
     if e < 0:
         return
 

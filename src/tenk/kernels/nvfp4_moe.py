@@ -145,25 +145,6 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
 
 
 @triton.jit
-def moe_tile(num_pairs, max_padded, N, npp_ptr, expert_ptr, DIRECT: tl.constexpr, BM: tl.constexpr,
-             BN: tl.constexpr, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n, expert) of this program in a grouped MoE GEMM (NVFP4 and FP8); expert < 0
-    when its token block has nothing to do: past num_tokens_post_padded, or an expert of another
-    rank. DIRECT: token block m is pair m alone and expert_ptr the flat topk_ids."""
-    if DIRECT:
-        num_m = num_pairs
-    else:
-        num_m = tl.cdiv(max_padded, BM)
-    pid_m, pid_n = grouped_tile(tl.program_id(0), num_m, tl.cdiv(N, BN), GROUP_M)
-    if DIRECT:
-        live = pid_m < num_m
-    else:
-        live = pid_m * BM < tl.load(npp_ptr)
-    e = tl.load(expert_ptr + pid_m, mask=live, other=-1).to(tl.int64)
-    return pid_m, pid_n, e
-
-
-@triton.jit
 def store_moe_tile(g, u, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os, N, GATED: tl.constexpr,
                    SPLIT_K: tl.constexpr):
     """Write a grouped GEMM's scaled fp32 out^T tile for its pairs. GATED (g: gate, u: up): with
@@ -225,8 +206,18 @@ def _nvfp4_moe_gemm_kernel(
     Not GATED (w2): out = acc * gs[e] in out's dtype, or fp32 partials [split, pair, N].
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
     topk_ids; a token's top-k experts differ, so no weight is read twice."""
+    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    pid_m, pid_n, e = moe_tile(num_pairs, max_padded, N, npp_ptr, expert_ptr, DIRECT, BM, BN, GROUP_M)
+    if DIRECT:
+        num_m = num_pairs
+    else:
+        num_m = tl.cdiv(max_padded, BM)
+    num_n = tl.cdiv(N, BN)
+    pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
+    if not DIRECT:
+        if pid_m * BM >= tl.load(npp_ptr):
+            return
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)
     if e < 0:
         return
 
