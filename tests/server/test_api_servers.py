@@ -192,3 +192,14 @@ def test_serve_default_api_server_count(monkeypatch, flags, want):
     res = CliRunner().invoke(app, ["serve", "tiny-moe", "--load-format", "dummy", "--device", "cpu", *flags])
     assert res.exit_code == 0, res.output
     assert [a.api_server_count for a in seen] == [want]
+
+
+def test_bad_api_server_count_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from tenk.cli.main import app
+
+    res = CliRunner().invoke(app, ["serve", str(tmp_path), "--device", "cpu", "--api-server-count", "0"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == ["error: --api-server-count must be a positive integer, got 0"], res.output
