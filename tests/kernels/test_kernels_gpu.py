@@ -154,10 +154,20 @@ def test_rotary(hq, hkv, rot):
     q, k = qkv[:, : hq * d].view(T, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(T, hkv, d)
     pos = torch.randint(0, 4096, (T,), generator=g, device=DEV)
     cache = rotary.rope_cos_sin_cache(rot, 4096, 5e6, device=DEV)
+    q_in, k_in = q.clone(), k.clone()
     q_ref, k_ref = rotary.apply_rotary_ref(q.clone(), k.clone(), pos, cache, rot)
+    q32, k32 = rotary.apply_rotary_ref(q.float(), k.float(), pos, cache, rot)
     rotary.apply_rotary(q, k, pos, cache, rot)
-    assert (q != q_ref).float().mean() < 0.01 and (k != k_ref).float().mean() < 0.01
-    assert rel_err(q, q_ref) < 4e-3 and rel_err(k, k_ref) < 4e-3
+    # The compiler may fuse one product and the sum into an FMA (one rounding fewer than the torch
+    # path), so bf16 results may differ by rounding: each element stays within a few bf16 ulps of
+    # the fp32 rotation, scaled by its inputs' size (a wrong angle, sign or half is far outside).
+    for out, ref, exact, x in ((q, q_ref, q32, q_in), (k, k_ref, k32, k_in)):
+        half = rot // 2
+        mag = torch.maximum(x[..., :half].float().abs(), x[..., half:rot].float().abs()).repeat(1, 1, 2)
+        err = (out[..., :rot].float() - exact[..., :rot]).abs()
+        assert (err <= 2**-6 * (mag + exact[..., :rot].abs())).all()
+        assert torch.equal(out[..., rot:], x[..., rot:])  # partial rotary: the rest passes through
+        assert rel_err(out, ref) < 4e-3
 
 
 def test_silu_and_mul():

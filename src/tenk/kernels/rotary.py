@@ -6,8 +6,10 @@ is partial rotary (MiniMax-M2 rotates 64 of 128).
 
 cos_sin_cache [max_position, rotary_dim]: cos of the rotary_dim/2 frequencies, then their sin, as
 vLLM lays it out; `rope_cos_sin_cache` builds it the way transformers' default RoPE computes cos/sin
-(fp32). Both paths round like transformers' `q * cos + rotate_half(q) * sin` in the model dtype:
-cos/sin cast to the dtype of q, each product rounded, then the sum rounded.
+(fp32). The torch path rounds like transformers' `q * cos + rotate_half(q) * sin` in the model
+dtype: cos/sin cast to the dtype of q, each product rounded, then the sum rounded. The Triton path
+writes the same roundings, but on sm_90 LLVM narrows them to bf16 operations and contracts one
+product with the sum into an FMA, so a bf16 element can differ from transformers' by rounding.
 """
 
 from __future__ import annotations
