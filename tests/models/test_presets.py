@@ -180,5 +180,19 @@ def test_tokenizer_training_is_fast_deterministic_and_cached(tmp_path):
 def test_tokenizer_vocab_limits():
     with pytest.raises(ConfigError, match="at least 259"):
         train_tokenizer(100)
-    with pytest.raises(ConfigError, match="too large"):
-        train_tokenizer(100_000)
+
+
+def test_full_vocab_tokenizer_decodes_every_id_to_text():
+    """Past the corpus's ~4,200 trained tokens the vocabulary grows by synthetic merges, so a
+    random-weight model's samples decode to text (clients that time the first text see the first
+    token) and prose still tokenizes and decodes exactly."""
+    small, big = train_tokenizer(4096), train_tokenizer(151_936)
+    assert big.get_vocab_size() == 151_936 and train_tokenizer(151_936).to_str() == big.to_str()
+    assert big.get_vocab()["Ġthe"] == small.get_vocab()["Ġthe"]  # trained ids are kept
+    ids = list(range(4096, 151_936, 97)) + [151_935]
+    texts = [big.decode([i]) for i in ids]
+    assert all(t and "\ufffd" not in t for t in texts)
+    text = "The quick brown fox jumps over the lazy dog, twice."
+    assert big.decode(big.encode(text).ids) == text
+    pieces = big.encode(texts[0] + texts[1]).ids  # synthetic pieces are reachable from text too
+    assert big.decode(pieces) == texts[0] + texts[1]

@@ -29,7 +29,7 @@ def random_checkpoint(
     seed: int = typer.Option(0, "--seed", help="Same seed, same weights."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors file, e.g. 5GB, 500MB, 2GiB."),
     tokenizer_vocab: Optional[int] = typer.Option(
-        None, "--tokenizer-vocab", help="Tokens in the generated tokenizer (default: 4096, or the model's vocab if smaller)."
+        None, "--tokenizer-vocab", help="Tokens in the generated tokenizer (default: the model's vocab_size)."
     ),
     quantization: str = typer.Option(
         "none", "--quantization", "-q",

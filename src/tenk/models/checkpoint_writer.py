@@ -288,7 +288,7 @@ def write_random_checkpoint(
         stale.unlink(missing_ok=True)  # shards of an earlier run would be read as part of this one
 
     cfg = dict(hf_config, torch_dtype=torch_dtype, dtype=torch_dtype, **(extra_config or {}))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "config.json").write_text(config_json_text(cfg))
     (out / "generation_config.json").write_text(json.dumps(_generation_config(cfg), indent=2) + "\n")
     write_tokenizer(out, tok_vocab, int(cfg.get("max_position_embeddings") or 4096), tokenizer_cache_dir)
 
@@ -310,12 +310,24 @@ def write_random_checkpoint(
     return WrittenCheckpoint(out, [s.file for s in shards], len(specs), num_params, total)
 
 
-def resolve_tokenizer_vocab(hf_config: dict[str, Any], tokenizer_vocab: int | None) -> int:
-    """The tokenizer's size: as asked, else 4096 or the model's vocab if smaller; never above it."""
-    from tenk.models.tokenizer_builder import DEFAULT_VOCAB
+def config_json_text(cfg: dict[str, Any]) -> str:
+    """config.json as tenk writes it: with the installed transformers' version, as Hugging Face
+    checkpoints carry it (transformers 5 warns about a Mistral tokenizer regex for configs
+    without one)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        cfg = {**cfg, "transformers_version": cfg.get("transformers_version") or version("transformers")}
+    except PackageNotFoundError:
+        pass
+    return json.dumps(cfg, indent=2) + "\n"
+
+
+def resolve_tokenizer_vocab(hf_config: dict[str, Any], tokenizer_vocab: int | None) -> int:
+    """The tokenizer's size: as asked, else the model's vocab (every id the model can sample
+    decodes to text); never above it."""
     vocab = int(hf_config["vocab_size"])
-    tok_vocab = tokenizer_vocab if tokenizer_vocab is not None else min(DEFAULT_VOCAB, vocab)
+    tok_vocab = tokenizer_vocab if tokenizer_vocab is not None else vocab
     if tok_vocab > vocab:
         raise ConfigError(
             f"tokenizer vocab {tok_vocab} is larger than the model's vocab_size {vocab}: "

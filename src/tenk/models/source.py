@@ -11,23 +11,31 @@ from pathlib import Path
 from tenk.errors import ConfigError
 
 
+TOKENIZER_STAMP = ".tenk-tokenizer"
+
+
 def preset_cache_root() -> Path:
     return Path(os.environ.get("TENK_CACHE_DIR", Path.home() / ".cache" / "tenk")) / "presets"
 
 
 def materialize_preset(name: str, num_layers: int | None = None, root: str | Path | None = None) -> Path:
     """Write (once) a weightless model directory for a preset; returns its path."""
-    from tenk.models.checkpoint_writer import _generation_config, resolve_tokenizer_vocab
+    from tenk.models.checkpoint_writer import _generation_config, config_json_text, resolve_tokenizer_vocab
     from tenk.models.presets import get_preset
-    from tenk.models.tokenizer_builder import write_tokenizer
+    from tenk.models.tokenizer_builder import tokenizer_key, write_tokenizer
 
     cfg = get_preset(name, num_layers)
     out = Path(root or preset_cache_root()) / (name if num_layers is None else f"{name}-{num_layers}l")
-    cfg_text = json.dumps(cfg, indent=2) + "\n"
-    if (out / "config.json").is_file() and (out / "config.json").read_text() == cfg_text and (out / "tokenizer.json").is_file():
+    cfg_text = config_json_text(cfg)
+    vocab = resolve_tokenizer_vocab(cfg, None)
+    stamp = out / TOKENIZER_STAMP  # which tokenizer build the directory holds: a newer tenk rewrites it
+    if ((out / "config.json").is_file() and (out / "config.json").read_text() == cfg_text
+            and stamp.is_file() and stamp.read_text() == tokenizer_key(vocab)):  # fmt: skip
         return out
     out.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(out, resolve_tokenizer_vocab(cfg, None), int(cfg.get("max_position_embeddings") or 4096))
+    (out / "config.json").unlink(missing_ok=True)  # incomplete until it is written again, last
+    write_tokenizer(out, vocab, int(cfg.get("max_position_embeddings") or 4096))
+    stamp.write_text(tokenizer_key(vocab))
     (out / "generation_config.json").write_text(json.dumps(_generation_config(cfg), indent=2) + "\n")
     (out / "config.json").write_text(cfg_text)  # last: its presence marks a complete directory
     return out

@@ -29,11 +29,11 @@ def make_checkpoints(preset: str, load_format: str, models: Path) -> tuple[Path,
 
 
 def _write_config_only(cfg: dict, out: Path) -> None:
-    from tenk.models.checkpoint_writer import resolve_tokenizer_vocab
+    from tenk.models.checkpoint_writer import config_json_text, resolve_tokenizer_vocab
     from tenk.models.tokenizer_builder import write_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dict(cfg, torch_dtype="bfloat16"), indent=2) + "\n")
+    (out / "config.json").write_text(config_json_text(dict(cfg, torch_dtype="bfloat16")))
     write_tokenizer(out, resolve_tokenizer_vocab(cfg, None), int(cfg.get("max_position_embeddings") or 4096))
 
 
