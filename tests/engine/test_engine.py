@@ -301,6 +301,26 @@ def test_moe_bucket_warm_up_covers_the_step_budget_and_leaves_outputs_alone(make
     assert run_all(engine, [prompt], greedy)[0].outputs[0].token_ids == before
 
 
+def test_step_warm_up_serves_its_shapes_and_leaves_no_trace(make_engine, greedy_case, greedy_reference):
+    """The start-up warm-up requests (run on GPUs, so no user's TTFT pays a Triton compile) go
+    through the real step path and leave nothing behind: no requests, no token counts, free
+    blocks, and later outputs unchanged. Shapes that do not fit a small cache are skipped."""
+    from tenk.engine.llm_engine import WARM_UP_SHAPES
+
+    prompts, max_tokens = greedy_case
+    engine = make_engine(max_num_seqs=16, num_kv_blocks=512)
+    free = engine.block_manager.num_free_blocks
+    assert engine._warm_up_steps() == len(WARM_UP_SHAPES)
+    assert not engine.requests and engine.block_manager.num_free_blocks == free
+    stats = engine.get_stats()
+    assert stats.prompt_tokens_total == 0 and stats.generation_tokens_total == 0
+    outs = run_all(engine, prompts[:20], greedy_params(max_tokens[:20]))
+    assert [o.outputs[0].token_ids for o in outs] == greedy_reference[:20]
+
+    small = make_engine(num_kv_blocks=8)  # 128 tokens of cache: only the short shapes fit
+    assert 0 < small._warm_up_steps() < len(WARM_UP_SHAPES) and not small.requests
+
+
 def test_cudagraph_capture_sizes_follow_the_limit(tiny_moe):
     from tenk.engine.config import EngineConfig
     from tenk.engine.cuda_graphs import graph_batch_sizes

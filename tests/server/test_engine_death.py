@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.server.conftest import start_server, wait_for
+from tests.server.conftest import MAX_MODEL_LEN, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def doomed(tiny_model_dir):
 def test_engine_death_gives_503_promptly(doomed):
     http = httpx.Client(base_url=doomed.url, timeout=30)
     assert http.get("/health").status_code == 200
-    body = {"model": "doomed", "prompt": "long", "max_tokens": 200, "ignore_eos": True}
+    # long enough that both are still running when the stats show it, even on a fast, idle machine
+    body = {"model": "doomed", "prompt": "long", "max_tokens": MAX_MODEL_LEN - 16, "ignore_eos": True}
     in_flight: dict = {}
 
     def non_streaming():

@@ -35,18 +35,26 @@ class StepBatch:
     pending_src: torch.Tensor | None = None  # [T] int64, device: previous-step row or -1
 
 
+# Each array starts this many elements into the upload (>= 64 bytes): Triton compiles a kernel
+# variant per pointer alignment, so views at odd offsets (after a prompt of odd length) would
+# each cost a compile in the middle of serving.
+UPLOAD_ALIGN = 16
+
+
 def _upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """Same-dtype host arrays -> device tensors through one (pinned) copy: on a GPU each
     transfer costs a few microseconds of launch and sync no matter how small it is."""
     if device.type != "cuda":
         return [torch.from_numpy(a) for a in arrays]
-    flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).pin_memory()
-    dev = flat.to(device, non_blocking=True)
-    out, start = [], 0
+    starts, total = [], 0
     for a in arrays:
-        out.append(dev[start : start + a.size].view(a.shape))
-        start += a.size
-    return out
+        starts.append(total)
+        total += -(-a.size // UPLOAD_ALIGN) * UPLOAD_ALIGN
+    host = np.zeros(total, dtype=arrays[0].dtype)
+    for a, start in zip(arrays, starts):
+        host[start : start + a.size] = a.reshape(-1)
+    dev = torch.from_numpy(host).pin_memory().to(device, non_blocking=True)
+    return [dev[start : start + a.size].view(a.shape) for a, start in zip(arrays, starts)]
 
 
 @dataclass

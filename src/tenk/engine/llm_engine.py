@@ -42,6 +42,10 @@ from tenk.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Start-up requests (count, prompt tokens): one and several sequences, short prompts (the smallest
+# attention tiles), odd lengths and a full 256-token batch.
+WARM_UP_SHAPES = ((1, 1), (1, 7), (3, 5), (1, 40), (2, 100), (8, 256))
+
 
 class LLMEngine:
     def __init__(self, config: EngineConfig):
@@ -79,6 +83,36 @@ class LLMEngine:
         self._in_flight: _LaunchedStep | None = None
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        if config.torch_device.type == "cuda":
+            self._warm_up_steps()
+
+    def _warm_up_steps(self) -> int:
+        """Serve a few throw-away requests through the real step path before the first user's:
+        Triton compiles a kernel variant on its first launch (a second or more each), and the
+        paged prefill path (its tiles chosen by prompt length, one or many sequences) is not
+        reached by the start-up profile, so early requests paid those compiles in their TTFT.
+        Returns how many of WARM_UP_SHAPES fitted the cache and ran."""
+        import random
+
+        t0 = time.perf_counter()
+        rng = random.Random(0)
+        vocab = self.model_config.vocab_size
+        room = self.block_manager.num_free_blocks * self.config.block_size // 2
+        params = SamplingParams(max_tokens=2, ignore_eos=True, temperature=0.0)
+        ran = 0
+        for n, length in WARM_UP_SHAPES:  # (requests, prompt tokens)
+            length = min(length, self.config.max_model_len - 2)
+            if length < 1 or n * (length + 2) > room:
+                continue
+            for j in range(n):
+                ids = [rng.randrange(vocab) for _ in range(length)]  # fresh ids: no prefix-cache hits
+                self.add_request(f"__tenk_warm_up_{ran}_{j}", ids, params)
+            while self.has_unfinished_requests():
+                self.step(finished_only=True)
+            ran += 1
+        self.prompt_tokens_total = self.generation_tokens_total = 0
+        logger.info("warm-up: %d step shapes in %.1f s", ran, time.perf_counter() - t0)
+        return ran
 
     def _size_kv_cache(self) -> int:
         """Size the KV cache on every rank, fit max_model_len to it, allocate it."""

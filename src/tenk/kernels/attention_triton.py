@@ -134,7 +134,7 @@ def _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, 
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s_bt"])
 def _decode_kernel(
     q_ptr, kc_ptr, vc_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
     cu_q_ptr, seq_lens_ptr, bt_ptr,
@@ -281,7 +281,7 @@ def _find_seq(cu_q_ptr, target, num_seqs, G: tl.constexpr, BLOCK_M: tl.constexpr
     return lo - 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "s_bt"])
 def _prefill_kernel(
     q_ptr, kc_ptr, vc_ptr, out_ptr,
     cu_q_ptr, seq_lens_ptr, bt_ptr, num_seqs,

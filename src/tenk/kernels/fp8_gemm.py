@@ -162,7 +162,7 @@ def _accumulate(acc, acc2, w_rows, w_off2, s_tile, s_off2, s_sk, x_cols, x_ok, k
 # ---------------------------------------------------------------- dense kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _fp8_gemm_kernel(
     x_ptr, w_ptr, s_ptr, bias_ptr, out_ptr,
     M, N, K, s_xm, s_wn, s_sn, s_sk, s_om, s_os, end0, end1,

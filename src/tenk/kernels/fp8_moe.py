@@ -82,7 +82,7 @@ def fp8_fused_moe_ref(x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scal
 # ---------------------------------------------------------------- grouped GEMM
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pairs", "max_padded"])
 def _fp8_moe_gemm_kernel(
     a_ptr, w_ptr, s_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
     num_pairs, max_padded, N, K, s_ar, s_we, s_wn, s_se, s_sn, s_sk, s_or, s_os,

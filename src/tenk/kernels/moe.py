@@ -165,7 +165,7 @@ def moe_align_block_size(
     return sorted_ids[:max_padded], expert_ids, pad_end[-1:].to(torch.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pairs", "max_padded"])
 def _moe_gemm_kernel(
     a_ptr, w_ptr, c_ptr, sorted_ptr, expert_ptr, npp_ptr,
     num_pairs, max_padded, N, K,

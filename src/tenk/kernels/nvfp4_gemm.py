@@ -282,7 +282,7 @@ def _accumulate(acc, acc2, w_rows, s_rows, w_off2, s_off2, x_cols, x_ok, k0, k1,
 # ---------------------------------------------------------------- dense kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _nvfp4_gemm_kernel(
     x_ptr, wq_ptr, sq_ptr, gs_ptr, bias_ptr, out_ptr,
     M, N, Q, s_xm, s_wn, s_sn, s_om, s_os, end0, end1,
@@ -309,7 +309,7 @@ def _nvfp4_gemm_kernel(
     store_tile(y, out_ptr, bias_ptr, offs_m, offs_n, m_ok, n_ok, pid_k, s_om, s_os, HAS_BIAS, SPLIT_K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def _split_reduce_kernel(part_ptr, bias_ptr, out_ptr, numel, N, s_ps, SPLIT_K: tl.constexpr,
                          HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     """out = sum over splits of the fp32 partials (+ bias), in out's dtype; fixed order."""

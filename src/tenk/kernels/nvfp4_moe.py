@@ -85,7 +85,7 @@ def nvfp4_fused_moe_ref(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_
 ALIGN_MAX_PAIRS = 8192  # above this the one-CTA kernel would be slower than tenk.kernels.moe's torch ops
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "max_padded", "num_blocks"])
 def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E, max_padded, num_blocks,
                       BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr, BB: tl.constexpr):
     """moe_align_block_size in one launch of one CTA (decode batches: the torch version is ~25 tiny
@@ -191,7 +191,7 @@ def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_
     return row_ok, safe, a_row
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pairs", "max_padded"])
 def _nvfp4_moe_gemm_kernel(
     a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
     num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,

@@ -21,7 +21,7 @@ from tenk.kernels._triton import tl, triton
 FORCE_TRITON = False
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, out_ptr, res_out_ptr,
     M, N, INNER, s_x0, s_x1, s_r0, s_r1, eps,
