@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,30 +23,14 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from headline import free_port, wait_ready  # noqa: E402  (the same server start as the headline)
 
 
 def compiled(cache: Path) -> Counter:
     """Kernel name -> variants in the Triton cache (one metadata JSON per compiled variant)."""
     return Counter(p.name.removesuffix(".json") for p in cache.rglob("*.json") if not p.name.startswith("__grp__"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode} during start-up")
-        try:
-            urllib.request.urlopen(url + "/v1/models", timeout=2).read()
-            return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"the server was not up within {timeout:.0f} s")
 
 
 def main() -> int:
@@ -75,7 +58,7 @@ def main() -> int:
         server = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
     levels = []
     try:
-        wait_up(url, server, a.startup_timeout)
+        wait_ready(url, server, a.startup_timeout)
         startup_s = time.monotonic() - t0
         seen = compiled(cache)
         at_start = dict(seen)
