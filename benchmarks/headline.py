@@ -173,6 +173,8 @@ def run_config(cfg: Config, args, log_dir: Path) -> dict:
             result["kv_cache_log"] = kv[-1] if kv else None
             weights = [ln for ln in tail.splitlines() if "tenk.engine.model_runner: weights" in ln]
             result["weights_log"] = weights[-1] if weights else None
+            memory = [ln for ln in tail.splitlines() if "GPU memory after start-up:" in ln]
+            result["memory_log"] = memory[-1] if memory else None
     return result
 
 
@@ -196,14 +198,16 @@ _GIB = 1 << 30
 
 
 def _layout(cfg_result: dict, preset: str, gpu_name: str) -> dict | None:
-    """The report's memory block for one single-GPU configuration, from its start-up log lines
-    ("weights (...): bfloat16 2.87 GiB, nvfp4 15.19 GiB" and "KV cache: N tokens in DTYPE")."""
+    """The report's memory block for one configuration (per GPU), from its start-up log lines
+    ("weights (...): bfloat16 2.87 GiB, nvfp4 15.19 GiB", "KV cache: N tokens in DTYPE" and, for
+    reserve and free, "GPU memory after start-up: U GiB in use of T GiB")."""
     wl, kl = cfg_result.get("weights_log"), cfg_result.get("kv_cache_log")
-    if not (wl and kl):
-        log = (cfg_result.get("server_log_head") or "") + "\n" + (cfg_result.get("server_log_tail") or "")
-        for ln in log.splitlines():
-            wl = wl or (ln if "model_runner: weights" in ln else None)
-            kl = kl or (ln if "KV cache:" in ln else None)
+    ml = cfg_result.get("memory_log")
+    log = (cfg_result.get("server_log_head") or "") + "\n" + (cfg_result.get("server_log_tail") or "")
+    for ln in log.splitlines():
+        wl = wl or (ln if "model_runner: weights" in ln else None)
+        kl = kl or (ln if "KV cache:" in ln else None)
+        ml = ml or (ln if "GPU memory after start-up:" in ln else None)
     m = re.search(r"KV cache: (\d+) tokens(?: in (\S+))?", kl or "")
     if not wl or not m:
         return None
@@ -221,8 +225,13 @@ def _layout(cfg_result: dict, preset: str, gpu_name: str) -> dict | None:
     tp, dp = _parallel(cfg_result.get("serve_command") or [])
     dp *= cfg_result.get("servers", 1)
     kv_bytes //= tp  # the log gives one replica's tokens; each of its TP ranks holds 1/tp of every token
-    return {"weights_bytes_per_gpu": int(weights), "kv_bytes_per_gpu": int(kv_bytes), "kv_tokens": tokens,
-            "gpus": tp * dp, "tp": tp, "dp": dp, "gpu_name": gpu_name, "device": "cuda"}
+    layout = {"weights_bytes_per_gpu": int(weights), "kv_bytes_per_gpu": int(kv_bytes), "kv_tokens": tokens,
+              "gpus": tp * dp, "tp": tp, "dp": dp, "gpu_name": gpu_name, "device": "cuda"}
+    mem = re.search(r"GPU memory after start-up: ([\d.]+) GiB in use of ([\d.]+) GiB", ml or "")
+    if mem:  # rank 0's GPU once serving can start: the rest beyond weights and KV cache is the reserve
+        used, total = (float(x) * _GIB for x in mem.groups())
+        layout.update(gpu_memory_bytes=int(total), reserve_bytes_per_gpu=max(0, int(used - weights - kv_bytes)))
+    return layout
 
 
 def _parallel(serve_command: list[str]) -> tuple[int, int]:

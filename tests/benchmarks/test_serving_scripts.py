@@ -130,3 +130,22 @@ def test_headline_refuses_servers_that_do_not_divide_the_gpus(tmp_path):
                            "--out", str(tmp_path / "hl.json")], capture_output=True, text=True, timeout=60, env=ENV, cwd=ROOT)
     assert proc.returncode != 0 and "servers=2 must be >= 1 and divide its 3 GPUs" in proc.stderr
     assert not (tmp_path / "hl.json").exists()
+
+
+def test_headline_layout_reads_reserve_and_free_from_the_start_up_log():
+    """A GPU server's start-up lines give the report's whole memory bar: weights, KV cache, and
+    from "GPU memory after start-up" the reserve and what is left free."""
+    sys.path.insert(0, str(BENCH))
+    from headline import _layout
+
+    log = ("04:10:01 INFO tenk.engine.model_runner: weights (nvfp4, dummy): bfloat16 2.00 GiB, nvfp4 15.00 GiB\n"
+           "04:10:20 INFO tenk.engine.llm_engine: KV cache: 1000000 tokens in float8_e4m3fn (62500 blocks of 16)\n"
+           "04:10:23 INFO tenk.engine.llm_engine: GPU memory after start-up: 70.00 GiB in use of 79.19 GiB\n")
+    cfg = {"server_log_head": log, "serve_command": ["serve", "qwen3-30b-a3b", "--tp", "2"], "servers": 1}
+    layout = _layout(cfg, "qwen3-30b-a3b", "NVIDIA H100 80GB HBM3")
+    gib = 1 << 30
+    assert layout["weights_bytes_per_gpu"] == 17 * gib and layout["tp"] == 2
+    assert layout["gpu_memory_bytes"] == int(79.19 * gib)
+    assert layout["reserve_bytes_per_gpu"] == int(70 * gib - 17 * gib - layout["kv_bytes_per_gpu"]) > 0
+    old = _layout({**cfg, "server_log_head": log.rsplit("\n", 2)[0]}, "qwen3-30b-a3b", "H100")
+    assert "gpu_memory_bytes" not in old and "reserve_bytes_per_gpu" not in old  # logs from before the line

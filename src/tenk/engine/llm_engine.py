@@ -85,6 +85,7 @@ class LLMEngine:
         self.generation_tokens_total = 0
         if config.torch_device.type == "cuda":
             self._warm_up_steps()
+            self._log_device_memory()
 
     def _warm_up_steps(self) -> int:
         """Serve a few throw-away requests through the real step path before the first user's:
@@ -113,6 +114,14 @@ class LLMEngine:
         self.prompt_tokens_total = self.generation_tokens_total = 0
         logger.info("warm-up: %d step shapes in %.1f s", ran, time.perf_counter() - t0)
         return ran
+
+    def _log_device_memory(self) -> None:
+        """What the device holds once serving can start (rank 0's GPU), for memory-layout reports:
+        beyond weights and KV cache, the rest is activations, CUDA graphs and the CUDA context."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(self.config.torch_device)
+        logger.info("GPU memory after start-up: %.2f GiB in use of %.2f GiB", (total - free) / 2**30, total / 2**30)
 
     def _size_kv_cache(self) -> int:
         """Size the KV cache on every rank, fit max_model_len to it, allocate it."""
