@@ -169,13 +169,18 @@ def run_config(cfg: Config, args, log_dir: Path) -> dict:
             tail = logs[0].read_text(errors="replace")
             result["server_log_head"] = "\n".join(tail.splitlines()[:40])[:6000]  # weights, KV, graphs
             result["server_log_tail"] = tail[-4000:]
-            kv = [ln for ln in tail.splitlines() if "KV cache:" in ln]
-            result["kv_cache_log"] = kv[-1] if kv else None
-            weights = [ln for ln in tail.splitlines() if "tenk.engine.model_runner: weights" in ln]
-            result["weights_log"] = weights[-1] if weights else None
-            memory = [ln for ln in tail.splitlines() if "GPU memory after start-up:" in ln]
-            result["memory_log"] = memory[-1] if memory else None
+            for key, marker in LOG_LINES.items():
+                result[key] = last_line(tail, marker)
     return result
+
+
+# result key -> the start-up log line it keeps (the report's memory block is read from them)
+LOG_LINES = {"weights_log": "model_runner: weights", "kv_cache_log": "KV cache:", "memory_log": "GPU memory after start-up:"}
+
+
+def last_line(text: str, marker: str) -> str | None:
+    found = [ln for ln in text.splitlines() if marker in ln]
+    return found[-1] if found else None
 
 
 def run_peer(args, log_dir: Path) -> dict:
@@ -201,13 +206,9 @@ def _layout(cfg_result: dict, preset: str, gpu_name: str) -> dict | None:
     """The report's memory block for one configuration (per GPU), from its start-up log lines
     ("weights (...): bfloat16 2.87 GiB, nvfp4 15.19 GiB", "KV cache: N tokens in DTYPE" and, for
     reserve and free, "GPU memory after start-up: U GiB in use of T GiB")."""
-    wl, kl = cfg_result.get("weights_log"), cfg_result.get("kv_cache_log")
-    ml = cfg_result.get("memory_log")
     log = (cfg_result.get("server_log_head") or "") + "\n" + (cfg_result.get("server_log_tail") or "")
-    for ln in log.splitlines():
-        wl = wl or (ln if "model_runner: weights" in ln else None)
-        kl = kl or (ln if "KV cache:" in ln else None)
-        ml = ml or (ln if "GPU memory after start-up:" in ln else None)
+    # results written before a key existed keep the line only in the saved log head / tail
+    wl, kl, ml = (cfg_result.get(key) or last_line(log, marker) for key, marker in LOG_LINES.items())
     m = re.search(r"KV cache: (\d+) tokens(?: in (\S+))?", kl or "")
     if not wl or not m:
         return None

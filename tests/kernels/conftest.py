@@ -40,7 +40,8 @@ class _Recorder:
 
 def _compile_sm90(fn, args, kwargs) -> dict:
     """Compile one recorded launch for sm_90 the way the JIT would (pointers and ints divisible by 16
-    get the divisibility hint, except the kernel's do_not_specialize ints), and read registers, spills and shared memory from the cubin."""
+    get the divisibility hint, except do_not_specialize ints), and read registers, spills and
+    shared memory from the cubin."""
     import os
     import re
     import subprocess
@@ -59,9 +60,8 @@ def _compile_sm90(fn, args, kwargs) -> dict:
         if fn.params[i].is_constexpr:
             signature[name], constexprs[name] = "constexpr", v
             continue
-        if fn.params[i].do_not_specialize:  # sizes that change per step: one variant for all
-            pass
-        elif (isinstance(v, torch.Tensor) and v.data_ptr() % 16 == 0) or (type(v) is int and v % 16 == 0):
+        aligned = (isinstance(v, torch.Tensor) and v.data_ptr() % 16 == 0) or (type(v) is int and v % 16 == 0)
+        if aligned and not fn.params[i].do_not_specialize:  # sizes that change per step get no hint
             attrs[(i,)] = [["tt.divisibility", 16]]
         if isinstance(v, torch.Tensor):
             signature[name] = _PTR_TYPE[v.dtype]

@@ -96,17 +96,13 @@ def _extend_with_synthetic_merges(tok, vocab_size: int):
     pieces = [t for t, i in by_id if i >= len(SPECIAL_TOKENS) and (s := tok.decode([i])) and "\ufffd" not in s]
     trained = pieces[BYTE_ALPHABET // 2 :] or pieces  # prefer learned words over single characters
     next_id = len(vocab)
-    for b in trained:
-        for a in trained:
-            if next_id == vocab_size:
-                break
-            joined = a + b
-            if joined not in vocab:
-                vocab[joined] = next_id
-                merges.append([a, b] if as_pairs else f"{a} {b}")
-                next_id += 1
+    for a, b in ((a, b) for b in trained for a in trained):
         if next_id == vocab_size:
             break
+        if a + b not in vocab:
+            vocab[a + b] = next_id
+            merges.append([a, b] if as_pairs else f"{a} {b}")
+            next_id += 1
     if next_id < vocab_size:
         raise ConfigError(f"tokenizer vocab size {vocab_size} is too large: tenk can build at most {next_id} tokens")
     return Tokenizer.from_str(json.dumps(data))
@@ -143,11 +139,8 @@ def _special_tokens_map() -> dict:
 
 
 def tokenizer_key(vocab_size: int) -> str:
-    """Names one tokenizer build: vocab size, corpus, `tokenizers` version and training recipe."""
-    return _cache_key(vocab_size)
-
-
-def _cache_key(vocab_size: int) -> str:
+    """Names one tokenizer build (its cache directory, and the stamp of preset directories):
+    vocab size, corpus, `tokenizers` version and training recipe."""
     import tokenizers
 
     h = hashlib.sha256(corpus_text().encode())
@@ -158,7 +151,7 @@ def _cache_key(vocab_size: int) -> str:
 def build_tokenizer(vocab_size: int = DEFAULT_VOCAB, cache_dir: str | Path | None = None) -> Path:
     """Directory holding the trained tokenizer.json for `vocab_size`, trained once and cached."""
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = cache_root / _cache_key(vocab_size)
+    final = cache_root / tokenizer_key(vocab_size)
     if (final / "tokenizer.json").is_file():
         return final
     cache_root.mkdir(parents=True, exist_ok=True)
