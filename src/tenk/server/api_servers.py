@@ -5,8 +5,11 @@ tokens/s on one core; replicas on several GPUs make more than that. So, as vLLM 
 parent process here:
 - binds the listening socket and starts the replicas (each engine core binds one output socket
   per API process and sends each request's outputs to the process that sent it, its stats to all);
-- spawns K API processes (api_worker.py) that share the socket (the kernel hands each new
-  connection to one of them) and each connect to every replica;
+- spawns K API processes (api_worker.py) that each connect to every replica and listen on the
+  port: on Linux each with its own SO_REUSEPORT socket, so the kernel spreads new connections
+  over them by address hash (one shared socket gives a burst of connections to whichever process
+  wakes first: measured 64 of 64 on one of two processes with the CPUs busy), elsewhere on one
+  shared socket;
 - owns the replicas: watches them, restarts one that dies (replica_supervisor.py) and tells the
   API processes over a pipe, so each fails its own in-flight requests with 503 and routes to the
   new one once it is up;
@@ -25,6 +28,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +44,7 @@ from tenk.server.replica import Replica, ReplicaLauncher
 from tenk.server.replica_supervisor import restart_replica
 
 log = logging.getLogger("tenk.server")
+SPREAD_CONNECTIONS = sys.platform.startswith("linux")
 
 WORKER_START_TIMEOUT_S = 120.0  # an API process loads the tokenizer and the app, then serves
 WORKER_RESTART_DELAY_S = 1.0
@@ -93,7 +98,8 @@ class ApiServerPool:
     def start(self) -> None:
         """Bind, start the replicas and the API processes; returns once all serve (blocking)."""
         resolve_model(self.args)
-        self.sock = bind(self.args.host, self.args.port)
+        # With its own socket per API process, this one only holds the port (and picks it for port 0).
+        self.sock = bind(self.args.host, self.args.port, reuse_port=SPREAD_CONNECTIONS, listen=not SPREAD_CONNECTIONS)
         self.port = self.sock.getsockname()[1]
         try:
             self.launcher = ReplicaLauncher(self.args)
@@ -120,7 +126,8 @@ class ApiServerPool:
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         infos = [self._info(link) for link in self.links]
-        proc = ctx.Process(target=run_api_worker, args=(self.args, k, infos, self.sock, child_conn),
+        proc = ctx.Process(target=run_api_worker, args=(self.args, k, infos, None if SPREAD_CONNECTIONS else self.sock,
+                                                      self.port, child_conn),
                            name=f"tenk-api-{k}", daemon=True)  # fmt: skip
         with _env(PROMETHEUS_MULTIPROC_DIR=self.metrics_dir):
             proc.start()

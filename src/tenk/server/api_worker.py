@@ -1,5 +1,5 @@
 """One of several API processes (`--api-server-count K`): the usual FastAPI app and EngineClient,
-on the listening socket it shares with the others, talking to every replica; the replicas
+on the server's port with the others, talking to every replica; the replicas
 themselves belong to the parent process (api_servers.py), which tells this one over a pipe
 when a replica dies or comes back.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from tenk.server import wire
 from tenk.server.args import ServerArgs
 from tenk.server.engine_client import EngineClient
-from tenk.server.launcher import ApiServer, server_config
+from tenk.server.launcher import ApiServer, bind, server_config
 from tenk.server.metrics import ServerMetrics
 from tenk.server.state import ServerState
 from tenk.server.tokenization import TokenizerWrapper
@@ -112,8 +112,10 @@ class _WorkerServer(ApiServer):
                 client.metrics.replica_restarted(client.links[info.index].label)
 
 
-def run_api_worker(args: ServerArgs, index: int, infos: list[ReplicaInfo], sock: socket.socket, conn) -> None:
-    """Entry point of API process `index` (spawned by the parent, which handles Ctrl-C for all)."""
+def run_api_worker(args: ServerArgs, index: int, infos: list[ReplicaInfo], sock: socket.socket | None, port: int,
+                   conn) -> None:  # fmt: skip
+    """Entry point of API process `index` (spawned by the parent, which handles Ctrl-C for all).
+    Listens on the parent's `sock`, or with None on a socket of its own on `port`."""
     logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s %(name)s[api {index}]: "
                         "%(message)s", datefmt="%H:%M:%S")  # fmt: skip
     tokenizer = TokenizerWrapper(args.engine.get("tokenizer") or args.model)
@@ -126,4 +128,4 @@ def run_api_worker(args: ServerArgs, index: int, infos: list[ReplicaInfo], sock:
         client.metrics.add_engine(link.label)
     state = ServerState(args=args, client=client, tokenizer=tokenizer, metrics=client.metrics)
     server = _WorkerServer(server_config(state), state, conn, infos, index)
-    server.run(sockets=[sock])
+    server.run(sockets=[sock if sock is not None else bind(args.host, port, reuse_port=True)])

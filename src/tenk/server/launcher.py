@@ -28,16 +28,21 @@ from tenk.server.tokenization import TokenizerWrapper
 log = logging.getLogger("tenk.server")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """The server's TCP socket. `reuse_port`: one of several listening sockets on the same port
+    (Linux spreads new connections over them); `listen=False` only holds the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(4096)  # a burst of thousands of clients must queue, not be refused
+    if listen:
+        sock.listen(4096)  # a burst of thousands of clients must queue, not be refused
     sock.set_inheritable(True)
     return sock
 
