@@ -275,6 +275,36 @@ def test_configs_fit_scale_blocks_and_shapes():
         Fp8MoeConfig(block_m=32, w13=Fp8Config(block_m=16), w2=Fp8Config(block_m=32))
 
 
+def test_tables_are_read_on_their_gpu_and_heuristics_elsewhere(monkeypatch):
+    """fp8_<gpu>.json (benchmarks/tune_fp8.py) decides on an H100 / H200; its buckets are the largest
+    listed M at or below the batch; shapes it lacks, and the CPU, get the heuristics."""
+    from tenk.kernels.configs import fp8 as cfgs
+    from tenk.kernels.configs import nvfp4 as tables
+
+    for tag in ("h100", "h200"):
+        table = tables.load_table(tag, "fp8")
+        assert table["moe"] and table["dense"], tag
+        for entries in table["moe"].values():
+            for entry in entries.values():
+                Fp8MoeConfig.from_dict(entry)  # every shipped entry is a valid config
+        for entries in table["dense"].values():
+            for entry in entries.values():
+                Fp8Config.from_dict(entry)
+    tuned = {"dense": {"4096x3072": {"1": Fp8Config(block_n=128, num_stages=5, split_k=8).to_dict(),
+                                     "64": {**Fp8Config(block_m=64, num_stages=3).to_dict(), "ms": 0.01}}},
+             "moe": {"e256_h3072_i768_top8": {"16": Fp8MoeConfig(block_m=32, w13=Fp8Config(block_m=32, split_k=2),
+                                                                  w2=Fp8Config(block_m=32)).to_dict()}}}  # fmt: skip
+    monkeypatch.setattr(cfgs, "load_table", lambda tag, fmt: tuned if (tag, fmt) == ("h100", "fp8") else {"dense": {}, "moe": {}})
+    monkeypatch.setattr(cfgs, "gpu_tag", lambda device=None: "h100")
+    assert cfgs.dense_config(1, 4096, 3072) == Fp8Config(block_n=128, num_stages=5, split_k=8)
+    assert cfgs.dense_config(63, 4096, 3072).num_stages == 5 and cfgs.dense_config(100, 4096, 3072).block_m == 64
+    assert cfgs.dense_config(8, 2048, 3072) == cfgs.heuristic_dense(8, 2048, 3072)  # a shape the table lacks
+    assert cfgs.moe_config(16, 256, 3072, 768, 8).w13.split_k == 2
+    assert cfgs.moe_config(8, 256, 3072, 768, 8).block_m == 32  # below the smallest bucket: the smallest entry
+    monkeypatch.setattr(cfgs, "gpu_tag", lambda device=None: None)
+    assert cfgs.dense_config(1, 4096, 3072) == cfgs.heuristic_dense(1, 4096, 3072)
+
+
 def test_cpu_ops_keep_the_reference(monkeypatch):
     """On CPU tenk.quant.ops never launches a kernel: the reference computes."""
     q, s, sizes = _dense_case("tensor", 32, 64, 14, shards=[16, 16])

@@ -1,16 +1,19 @@
-"""Launch configs of the FP8 weight-only kernels (tenk.kernels.fp8_gemm / fp8_moe).
+"""Launch configs of the FP8 weight-only kernels (tenk.kernels.fp8_gemm / fp8_moe): a table per
+GPU model (fp8_<gpu>.json beside this file, laid out as nvfp4.py's: "dense" by "<N>x<K>", "moe" by
+"e<E>_h<H>_i<I>_top<k>", each by M bucket), with heuristics by M for shapes the table lacks (and
+on CPU). benchmarks/tune_fp8.py measures the entries on the GPU, with block-128 scales (the
+official FP8 checkpoints' layout); per-tensor weights use the same entries.
 
-Heuristics by M (tokens) only, for now: a GPU session measures candidates and may add per-GPU
-tables later, as configs/nvfp4.py has. Block sizes here are wishes; the launchers shrink them to
-fit the shape and the scale blocks (`fit_block_n`, `fit_block_k`): with block scales every tile
-must lie inside one scale block, so BLOCK_N divides the scale block's rows and BLOCK_K its columns.
+Block sizes are wishes; the launchers shrink them to fit the shape and the scale blocks
+(`fit_block_n`, `fit_block_k`): with block scales every tile must lie inside one scale block, so
+BLOCK_N divides the scale block's rows and BLOCK_K its columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from tenk.kernels.configs.nvfp4 import check_launch
+from tenk.kernels.configs.nvfp4 import check_launch, dense_key, gpu_tag, load_table, moe_key, pick_entry
 
 NUM_SMS_GUESS = 132  # H100 SXM; only sizes split-K
 DIRECT_MAX_PAIRS = 16  # (token, expert) pairs up to which the MoE skips the alignment launch
@@ -58,6 +61,12 @@ class Fp8MoeConfig:
                 raise ValueError(f"both MoE GEMMs must use block_m={self.block_m}, got {cfg.block_m}")
             if cfg.impl != "fused":
                 raise ValueError("the FP8 MoE has only the fused impl")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Fp8MoeConfig:
+        bm = d["block_m"]
+        return cls(block_m=bm, w13=Fp8Config.from_dict({**d["w13"], "block_m": bm}),
+                   w2=Fp8Config.from_dict({**d["w2"], "block_m": bm}), direct=d.get("direct", False))
 
     def to_dict(self) -> dict:
         drop = lambda c: {k: v for k, v in c.to_dict().items() if k not in ("block_m", "impl")}
@@ -107,7 +116,7 @@ def _tokens_tile(m: float) -> int:
     return 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
 
 
-def dense_config(m: int, n: int, k: int, device=None) -> Fp8Config:
+def heuristic_dense(m: int, n: int, k: int) -> Fp8Config:
     """Decode (m <= 64): thin token tiles that stream the weight, split K to fill the GPU;
     prefill: square tiles; m >= DEQUANT_MIN_M: dequantize once + cuBLAS."""
     if m >= DEQUANT_MIN_M:
@@ -120,7 +129,7 @@ def dense_config(m: int, n: int, k: int, device=None) -> Fp8Config:
                      num_stages=4 if m <= 64 else 3)
 
 
-def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Fp8MoeConfig:
+def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Fp8MoeConfig:
     """By pairs per expert, as tenk.kernels.moe.default_config; the gated w13 GEMM holds two
     accumulators (gate, up) plus the block-scaled step, so its token tile stays <= 64."""
     per_expert = t * top_k / max(1, e)
@@ -134,3 +143,16 @@ def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Fp8Mo
     common = dict(block_m=bm, block_n=bn, block_k=128, num_warps=warps, num_stages=stages)
     return Fp8MoeConfig(block_m=bm, w13=Fp8Config(split_k=split13, **common), w2=Fp8Config(split_k=split2, **common),
                         direct=t * top_k <= DIRECT_MAX_PAIRS)
+
+
+# ---------------------------------------------------------------- lookups
+
+
+def dense_config(m: int, n: int, k: int, device=None) -> Fp8Config:
+    entry = pick_entry(load_table(gpu_tag(device), "fp8")["dense"].get(dense_key(n, k), {}), m)
+    return Fp8Config.from_dict(entry) if entry else heuristic_dense(m, n, k)
+
+
+def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Fp8MoeConfig:
+    entry = pick_entry(load_table(gpu_tag(device), "fp8")["moe"].get(moe_key(e, h, i, top_k), {}), t)
+    return Fp8MoeConfig.from_dict(entry) if entry else heuristic_moe(t, e, h, i, top_k)

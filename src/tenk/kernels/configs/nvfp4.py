@@ -1,5 +1,6 @@
 """Launch configs of the NVFP4 kernels: a table per GPU model (nvfp4_<gpu>.json beside this file)
-keyed by shape and M bucket, with heuristics for shapes the table lacks (and on CPU).
+keyed by shape and M bucket, with heuristics for shapes the table lacks (and on CPU). The table
+machinery here serves the FP8 kernels' tables too (fp8.py, fp8_<gpu>.json).
 
     dense:  "<N>x<K>"                       -> {"<M bucket>": Nvfp4Config fields}
     moe:    "e<E>_h<H>_i<I>_top<k>"         -> {"<M bucket>": {"impl", "block_m", "w13": {...}, "w2": {...}}}
@@ -127,19 +128,20 @@ def _tag_of(index: int) -> str | None:
     return None
 
 
-def table_path(tag: str) -> Path:
-    return _DIR / f"nvfp4_{tag}.json"
+def table_path(tag: str, fmt: str = "nvfp4") -> Path:
+    """The shipped table of one weight format's kernels (nvfp4, fp8) on one GPU model."""
+    return _DIR / f"{fmt}_{tag}.json"
 
 
 @functools.lru_cache(maxsize=None)
-def load_table(tag: str | None) -> dict:
-    if tag is None or not table_path(tag).exists():
+def load_table(tag: str | None, fmt: str = "nvfp4") -> dict:
+    if tag is None or not table_path(tag, fmt).exists():
         return {"dense": {}, "moe": {}}
-    data = json.loads(table_path(tag).read_text())
+    data = json.loads(table_path(tag, fmt).read_text())
     return {"dense": data.get("dense", {}), "moe": data.get("moe", {}), "tuned": data.get("tuned", False)}
 
 
-def _pick(entries: dict, m: int):
+def pick_entry(entries: dict, m: int):
     """The entry of the largest bucket <= m, else the smallest one."""
     if not entries:
         return None
@@ -198,10 +200,10 @@ def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
 
 
 def dense_config(m: int, n: int, k: int, device=None) -> Nvfp4Config:
-    entry = _pick(load_table(gpu_tag(device))["dense"].get(dense_key(n, k), {}), m)
+    entry = pick_entry(load_table(gpu_tag(device))["dense"].get(dense_key(n, k), {}), m)
     return Nvfp4Config.from_dict(entry) if entry else heuristic_dense(m, n, k)
 
 
 def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Nvfp4MoeConfig:
-    entry = _pick(load_table(gpu_tag(device))["moe"].get(moe_key(e, h, i, top_k), {}), t)
+    entry = pick_entry(load_table(gpu_tag(device))["moe"].get(moe_key(e, h, i, top_k), {}), t)
     return Nvfp4MoeConfig.from_dict(entry) if entry else heuristic_moe(t, e, h, i, top_k)

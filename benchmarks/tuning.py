@@ -1,0 +1,215 @@
+"""What tune_nvfp4.py and tune_fp8.py share: the shapes they tune, coordinate descent over launch
+knobs, timing, and the per-GPU table file they rewrite (tenk.kernels.configs.<format>_<gpu>.json).
+
+Search: coordinate descent from the heuristic config. For each knob in turn every value is timed
+with the others held at the best so far, and the best is kept. Each candidate is the whole call
+(MoE: align + both GEMMs + combine) timed by do_bench's median, as a CUDA-graph replay up to 256
+tokens (as the engine runs decode) and eagerly above. Entries measured here replace the file's,
+others stay, so a long sweep can be split over several runs (each run stops at --budget-s and
+writes what it has). A candidate that fails to compile (too much shared memory) is skipped. Each
+measured entry keeps the winner's time ("ms") and the heuristic's, timed in the same run
+("heuristic_ms").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from moe_kernels import GRAPH_MAX_TOKENS  # noqa: E402, F401  (decode-sized batches: timed as CUDA graphs)
+from moe_kernels import gpu_tag as any_gpu_tag  # noqa: E402
+
+from tenk.kernels.configs import nvfp4 as tables  # noqa: E402  (the table machinery of both formats)
+
+TOP_K = 8
+MOE_MODELS = {"qwen3": (128, 2048, 768), "minimax": (256, 3072, 1536)}  # experts, hidden, FFN width
+# Attention projections (N, K) at TP=1: q|k|v and o. The dense GEMM serves "all-linear" checkpoints.
+DENSE = {"qwen3": [(5120, 2048), (2048, 4096)], "minimax": [(8192, 3072), (3072, 6144)]}
+TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)  # benchmarks/moe_kernels.py's sizes; --tokens for more buckets
+
+
+def moe_shapes(models, tps):
+    for m in models:
+        e, h, i = MOE_MODELS[m]
+        for tp in tps:
+            if (i // tp) % 64 == 0:
+                yield m, tp, (e, h, i // tp)
+
+
+def dense_shapes(models, tps):
+    for m in models:
+        for (n, k), kind in zip(DENSE[m], ("qkv", "o")):
+            for tp in tps:
+                shape = (n // tp, k) if kind == "qkv" else (n, k // tp)
+                if shape[1] % 64 == 0:
+                    yield m, tp, shape
+
+
+# ---------------------------------------------------------------- the table file
+
+
+def write_guesses(path: Path, gpu: str, fmt: str, heuristic_moe, heuristic_dense, models, tps) -> None:
+    """The heuristics' configs for every tuned shape and bucket ("tuned": false): what a GPU-less
+    checkout ships until a GPU run replaces them."""
+    table = {"gpu": gpu, "tuned": False,
+             "note": f"heuristic guesses written without a GPU (tenk.kernels.configs.{fmt}.heuristic_*); rerun "
+                     f"benchmarks/tune_{fmt}.py on this GPU to replace them with measured configs",
+             "moe": {}, "dense": {}}  # fmt: skip
+    for _, _, (e, h, i) in moe_shapes(models, tps):
+        table["moe"][tables.moe_key(e, h, i, TOP_K)] = {
+            str(t): heuristic_moe(t, e, h, i, TOP_K).to_dict() for t in tables.M_BUCKETS}
+    for _, _, (n, k) in dense_shapes(models, tps):
+        table["dense"][tables.dense_key(n, k)] = {str(t): heuristic_dense(t, n, k).to_dict() for t in tables.M_BUCKETS}
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
+class TableFile:
+    """A per-GPU table being rewritten: starts from the file at `path` (or the shipped one), keeps
+    entries it does not measure, and is saved after every measured entry."""
+
+    def __init__(self, path: Path, shipped: Path, gpu: str, fmt: str):
+        self.path = path
+        seed = path if path.exists() else shipped  # a fresh --out starts from the shipped table
+        self.data = json.loads(seed.read_text()) if seed.exists() else {"moe": {}, "dense": {}}
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        self.data.update({"gpu": gpu, "tuned": True, "device": device,
+                          "note": f"entries with an \"ms\" field were measured by benchmarks/tune_{fmt}.py (the "
+                                  "winner's time; heuristic_ms: the heuristic config's, same run); the others are "
+                                  "the heuristic guesses"})  # fmt: skip
+
+    def put(self, section: str, key: str, tokens: int, cfg, ms: float, heuristic_ms: float) -> None:
+        entry = {**cfg.to_dict(), "ms": round(ms, 5), "heuristic_ms": round(heuristic_ms, 5)}
+        self.data[section].setdefault(key, {})[str(tokens)] = entry
+        entries = [v for sec in ("moe", "dense") for shapes in self.data[sec].values() for v in shapes.values()]
+        self.data["tuned"] = all("ms" in v for v in entries)  # entries without "ms" are still the guesses
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        tables.load_table.cache_clear()
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def bench(fn, graph: bool) -> float:
+    import triton.testing
+
+    from tenk.kernels.testing import capture_cuda_graph
+
+    if not graph:
+        return float(triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median"))
+    g = capture_cuda_graph(fn)
+    return float(triton.testing.do_bench(g.replay, warmup=5, rep=25, return_mode="median"))
+
+
+def try_time(fn, graph: bool) -> float:
+    try:
+        fn()  # compile outside the graph capture
+        torch.cuda.synchronize()
+        return bench(fn, graph)
+    except Exception as exc:  # out of shared memory, invalid tile: not a candidate
+        print(f"    skip: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        torch.cuda.synchronize()
+        return float("inf")
+
+
+def descend(start, variants, measure: Callable[[object], float], deadline: float):
+    """Coordinate descent: variants is a list of (knob name, make), make(best) giving the candidate
+    configs of that knob. Returns (best, its time, the start's time)."""
+    best = start
+    best_ms = start_ms = measure(start)
+    for name, make in variants:
+        if time.time() > deadline:
+            break
+        for cand in make(best):
+            if cand == best:
+                continue
+            ms = measure(cand)
+            if ms < best_ms:
+                print(f"    {name}: {ms:.4f} ms (was {best_ms:.4f})")
+                best, best_ms = cand, ms
+    return best, best_ms, start_ms
+
+
+def gemm_variants(field: str, knobs: dict):
+    """Knob variants of one GEMM's config inside a MoE config (field 'w13'/'w2') or of a bare GEMM
+    config (field ''). knobs: name -> values; "tile" values are (block_n, num_warps)."""
+
+    def get(c):
+        return getattr(c, field) if field else c
+
+    def put(c, g):
+        return dataclasses.replace(c, **{field: g}) if field else g
+
+    out = []
+    for knob, values in knobs.items():
+
+        def make(c, knob=knob, values=values):
+            g = get(c)
+            if knob == "tile":
+                return [put(c, dataclasses.replace(g, block_n=bn, num_warps=w)) for bn, w in values]
+            return [put(c, dataclasses.replace(g, **{knob: v})) for v in values]
+
+        out.append((f"{field or 'gemm'}.{knob}", make))
+    return out
+
+
+def block_m_variants(values=(16, 32, 64, 128)):
+    """The MoE's token tile, shared by both GEMMs."""
+
+    def make(c):
+        return [dataclasses.replace(c, block_m=bm, w13=dataclasses.replace(c.w13, block_m=bm),
+                                    w2=dataclasses.replace(c.w2, block_m=bm)) for bm in values]  # fmt: skip
+
+    return [("block_m", make)]
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(doc: str, fmt: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--models", default="qwen3,minimax")
+    parser.add_argument("--tp", default="1")
+    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    parser.add_argument("--dense", action="store_true", help="also tune the dense GEMM (attention projections)")
+    parser.add_argument("--no-moe", action="store_true", help="skip the MoE shapes")
+    parser.add_argument("--budget-s", type=float, default=540.0)
+    parser.add_argument("--guess", action="store_true", help="write the heuristic guesses (no GPU needed)")
+    parser.add_argument("--gpu", default=None, help="table to write (h100/h200); default: this GPU")
+    parser.add_argument("--out", default=None, help=f"default: src/tenk/kernels/configs/{fmt}_<gpu>.json")
+    args = parser.parse_args()
+    args.models = args.models.split(",")
+    args.tps = [int(t) for t in args.tp.split(",")]
+    args.tokens_list = [int(t) for t in args.tokens.split(",")]
+    return args
+
+
+def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
+    """Shared entry point: --guess writes the heuristics' table; otherwise tune(args, table,
+    deadline) measures on this GPU."""
+    args = parse_args(doc, fmt)
+    if args.guess:
+        gpu = args.gpu or "h100"
+        path = Path(args.out) if args.out else tables.table_path(gpu, fmt)
+        write_guesses(path, gpu, fmt, heuristic_moe, heuristic_dense, args.models, sorted(set(args.tps) | {1, 2}))
+        return 0
+    if not torch.cuda.is_available():
+        print(f"tune_{fmt}.py needs a CUDA GPU (or --guess)", file=sys.stderr)
+        return 2
+    gpu = args.gpu or tables.gpu_tag() or any_gpu_tag()
+    path = Path(args.out) if args.out else tables.table_path(gpu, fmt)
+    table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt)
+    deadline = time.time() + args.budget_s
+    tune(args, table, deadline)
+    print(f"wrote {path}" + (" (stopped at the time budget)" if time.time() > deadline else ""))
+    return 0

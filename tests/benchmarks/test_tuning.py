@@ -1,0 +1,85 @@
+"""The kernel tuners' shared parts (benchmarks/tuning.py) on CPU: the coordinate descent keeps the
+best of each knob in turn, a table being rewritten keeps the entries it does not measure, and
+`--guess` writes tables every entry of which the kernels' config loaders accept."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.benchmarks.test_serving_scripts import BENCH, _run
+
+sys.path.insert(0, str(BENCH))
+import tuning  # noqa: E402
+
+from tenk.kernels.configs import fp8, nvfp4  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    a: int = 1
+    b: int = 1
+
+
+def test_descend_takes_each_knobs_best_in_turn():
+    cost = lambda c: (c.a - 3) ** 2 + (c.b - 2) ** 2 + 0.5 * c.a * c.b
+    seen = []
+    measure = lambda c: seen.append(c) or cost(c)
+    knobs = {"a": [1, 2, 3, 4], "b": [1, 2, 3]}
+    variants = [(k, lambda c, k=k: [dataclasses.replace(c, **{k: v}) for v in knobs[k]]) for k in knobs]
+    best, ms, start_ms = tuning.descend(_Cfg(), variants, measure, time.time() + 60)
+    # a first with b = 1 (a = 3: 2.5 against 3.0 at a = 2), then b with a = 3 (b = 1 stays: 3.0 at b = 2)
+    assert best == _Cfg(3, 1) and ms == cost(_Cfg(3, 1)) == 2.5 and start_ms == cost(_Cfg())
+    assert len(seen) == len(set(seen)) == 1 + 3 + 2  # the start once, no candidate timed twice
+    best, _, _ = tuning.descend(_Cfg(), variants, measure, time.time() - 1)  # past the budget: the start
+    assert best == _Cfg()
+
+
+def test_gemm_variants_change_one_knob_of_one_gemm():
+    cfg = fp8.heuristic_moe(16, 256, 3072, 1536, 8)
+    variants = dict(tuning.gemm_variants("w2", {"tile": [(128, 8)], "split_k": [4]}))
+    (tile,) = variants["w2.tile"](cfg)
+    assert (tile.w2.block_n, tile.w2.num_warps) == (128, 8) and tile.w13 == cfg.w13
+    (split,) = variants["w2.split_k"](cfg)
+    assert split.w2.split_k == 4 and dataclasses.replace(split.w2, split_k=cfg.w2.split_k) == cfg.w2
+    (bm32,) = [c for c in tuning.block_m_variants()[0][1](cfg) if c.block_m == 32]
+    assert bm32.w13.block_m == bm32.w2.block_m == 32  # both GEMMs share the token blocks
+
+
+def test_table_file_keeps_unmeasured_entries(tmp_path):
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps({"moe": {"k": {"1": {"old": 1}, "16": {"old": 16}}}, "dense": {}}))
+    table = tuning.TableFile(tmp_path / "out.json", shipped, "h100", "fp8")
+    cfg = fp8.heuristic_moe(1, 256, 3072, 1536, 8)
+    table.put("moe", "k", 1, cfg, 0.02, 0.03)
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["moe"]["k"]["16"] == {"old": 16} and not data["tuned"]  # bucket 16 is still a guess
+    assert fp8.Fp8MoeConfig.from_dict(data["moe"]["k"]["1"]) == cfg
+    assert (data["moe"]["k"]["1"]["ms"], data["moe"]["k"]["1"]["heuristic_ms"]) == (0.02, 0.03)
+    table.put("moe", "k", 16, cfg, 0.05, 0.05)
+    assert json.loads((tmp_path / "out.json").read_text())["tuned"]
+
+
+@pytest.mark.parametrize(("script", "fmt", "moe_cls", "dense_cls"), [
+    ("tune_fp8.py", "fp8", fp8.Fp8MoeConfig, fp8.Fp8Config),
+    ("tune_nvfp4.py", "nvfp4", nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)])  # fmt: skip
+def test_guess_tables_cover_the_shipped_shapes(tmp_path, script, fmt, moe_cls, dense_cls):
+    out = tmp_path / "table.json"
+    _run([str(BENCH / script), "--guess", "--gpu", "h100", "--out", str(out)], timeout=120)
+    guess = json.loads(out.read_text())
+    shipped = json.loads(nvfp4.table_path("h100", fmt).read_text())
+    assert not guess["tuned"]
+    assert set(guess["moe"]) == set(shipped["moe"]) and set(guess["dense"]) == set(shipped["dense"])
+    for entries in guess["moe"].values():
+        assert set(entries) == {str(b) for b in nvfp4.M_BUCKETS}
+        for entry in entries.values():
+            moe_cls.from_dict(entry)
+    for entries in guess["dense"].values():
+        for entry in entries.values():
+            dense_cls.from_dict(entry)
+    assert Path(out).read_text().endswith("\n")
