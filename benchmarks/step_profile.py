@@ -8,6 +8,10 @@ Method: B requests of `--context` prompt tokens are prefilled, then the engine r
 steps. Wall time per step is measured over `--steps` steps (CUDA graphs and overlapped scheduling
 as in serving). Then the torch profiler records `--profile-steps` steps; device kernels are grouped
 by name into categories, and the host gap is the step's wall time minus the busy device time.
+`host_ms` splits the host's side of a measured step: scheduling, launching (batch building and
+the graph replay or eager forward), the wait for the previous step's samples, and applying them
+(text, stops); with overlapped scheduling the host runs ahead while the device works, so a host
+gap appears only where host work outlasts the device's.
 Writes step_profile_<preset>_<quant>_b<B>.json to --out.
 """
 
@@ -58,6 +62,44 @@ def decode_steps(engine, n: int) -> float:
         engine.step(finished_only=True)
     sync()
     return (time.perf_counter() - t0) / n
+
+
+class HostTimer:
+    """Wall time of the engine's host-side parts per step, by wrapping their methods on the
+    instances (nothing changes in what they do)."""
+
+    PARTS = {"schedule": ("scheduler", "schedule"), "launch": ("runner", "launch"), "wait": ("runner", "fetch"),
+             "process": ("", "_process")}  # fmt: skip
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.totals = dict.fromkeys(self.PARTS, 0.0)
+
+    def _wrap(self, name, owner, attr):
+        fn = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.totals[name] += time.perf_counter() - t
+
+        setattr(owner, attr, timed)
+
+    def __enter__(self):
+        for name, (holder, attr) in self.PARTS.items():
+            self._wrap(name, getattr(self.engine, holder) if holder else self.engine, attr)
+        return self
+
+    def __exit__(self, *exc):
+        for holder, attr in self.PARTS.values():
+            delattr(getattr(self.engine, holder) if holder else self.engine, attr)  # back to the class's method
+
+    def per_step_ms(self, steps: int) -> dict[str, float]:
+        out = {k: v * 1000 / steps for k, v in self.totals.items()}
+        out["process"] -= out["wait"]  # _process calls fetch: its own work is the rest
+        return out
 
 
 def profile(engine, n: int) -> tuple[dict, list]:
@@ -125,15 +167,17 @@ def main() -> int:
         for _ in range(3):
             engine.step(finished_only=True)
         running = len(engine.scheduler.running)
-        step_s = decode_steps(engine, args.steps)
+        with HostTimer(engine) as host:
+            step_s = decode_steps(engine, args.steps)
         cats, top = profile(engine, args.profile_steps)
         busy = sum(cats.values())
         row = {"batch": b, "running": running, "step_ms": step_s * 1000, "tok_s_decode": running / step_s,
-               "device_busy_ms": busy, "host_gap_ms": step_s * 1000 - busy, "categories_ms": cats, "top_kernels": top}
+               "device_busy_ms": busy, "host_gap_ms": step_s * 1000 - busy, "host_ms": host.per_step_ms(args.steps),
+               "categories_ms": cats, "top_kernels": top}
         result["batches"].append(row)
         print(f"B={b} running={running} step {step_s * 1000:.2f} ms ({running / step_s:.0f} tok/s decode) "
-              f"busy {busy:.2f} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1])),
-              flush=True)
+              f"busy {busy:.2f} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))
+              + "; host " + ", ".join(f"{k} {v:.2f}" for k, v in row["host_ms"].items()), flush=True)
         while engine.has_unfinished_requests():
             engine.step(finished_only=True)
     out = Path(args.out)

@@ -85,6 +85,9 @@ def test_step_profile_and_roofline(tmp_path):
     prof = tmp_path / "step_profile_tiny-moe_none_auto.json"
     row = json.loads(prof.read_text())["batches"][0]
     assert row["running"] == 4 and row["step_ms"] > 0
+    host = row["host_ms"]  # on CPU the launch runs the forward itself: most of the step
+    assert set(host) == {"schedule", "launch", "wait", "process"} and all(v >= 0 for v in host.values())
+    assert host["launch"] > host["schedule"] and sum(host.values()) <= row["step_ms"] * 1.05
     out = _run([str(BENCH / "roofline.py"), str(prof), "--out", str(tmp_path / "roof.json")])
     roof = json.loads((tmp_path / "roof.json").read_text())["batches"][0]
     assert roof["bytes"]["total"] == sum(v for k, v in roof["bytes"].items() if k != "total")
