@@ -51,14 +51,15 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
             out = torch.empty_like(x)
             run = lambda c: fp8_fused_moe(x, *experts, tw, ids, "block", BLOCK, out=out, config=c)
             measure = lambda c: tuning.try_time(lambda: run(c), t <= tuning.GRAPH_MAX_TOKENS)
-            variants = tuning.block_m_variants()
+            variants = tuning.block_m_variants()  # the FP8 step holds more registers: tiles up to 128
             variants += tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
             if t * tuning.TOP_K <= 64:  # tiny batches: with or without the alignment launch
                 variants.append(("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)]))
             print(f"[moe {key} T={t}]")
+            trials = []
             best, ms, start_ms = tuning.descend(cfgs.heuristic_moe(t, e, h, i, tuning.TOP_K), variants, measure,
-                                                deadline)  # fmt: skip
-            table.put("moe", key, t, best, ms, start_ms)
+                                                deadline, trials)  # fmt: skip
+            table.put("moe", key, t, best, ms, start_ms, trials)
             print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
         experts = None  # freed before the next shape is made
         torch.cuda.empty_cache()
@@ -81,8 +82,9 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
             variants += tuning.gemm_variants("", GEMM_KNOBS)
             variants.append(("impl", lambda c: [dataclasses.replace(c, impl=v) for v in tables.IMPLS]))
             print(f"[dense {key} T={t}]")
-            best, ms, start_ms = tuning.descend(cfgs.heuristic_dense(t, n, k), variants, measure, deadline)
-            table.put("dense", key, t, best, ms, start_ms)
+            trials = []
+            best, ms, start_ms = tuning.descend(cfgs.heuristic_dense(t, n, k), variants, measure, deadline, trials)
+            table.put("dense", key, t, best, ms, start_ms, trials)
             print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
 
 

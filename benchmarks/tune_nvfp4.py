@@ -47,15 +47,16 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
             out = torch.empty_like(x)
             graph = t <= tuning.GRAPH_MAX_TOKENS
             measure = lambda c: tuning.try_time(lambda: nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=c), graph)
-            variants = tuning.block_m_variants()
+            variants = tuning.block_m_variants(tuning.block_m_values(t, e))
             variants += tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
             if t * tuning.TOP_K <= 64:  # tiny batches: with or without the alignment launch
                 variants.append(("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)]))
             variants.append(IMPL)
             print(f"[moe {key} T={t}]")
+            trials = []
             best, ms, start_ms = tuning.descend(cfgs.heuristic_moe(t, e, h, i, tuning.TOP_K), variants, measure,
-                                                deadline)  # fmt: skip
-            table.put("moe", key, t, best, ms, start_ms)
+                                                deadline, trials)  # fmt: skip
+            table.put("moe", key, t, best, ms, start_ms, trials)
             print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
         del packed
         torch.cuda.empty_cache()
@@ -79,8 +80,9 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
             variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in (16, 32, 64, 128)])]
             variants += tuning.gemm_variants("", GEMM_KNOBS) + [IMPL]
             print(f"[dense {key} T={t}]")
-            best, ms, start_ms = tuning.descend(cfgs.heuristic_dense(t, n, k), variants, measure, deadline)
-            table.put("dense", key, t, best, ms, start_ms)
+            trials = []
+            best, ms, start_ms = tuning.descend(cfgs.heuristic_dense(t, n, k), variants, measure, deadline, trials)
+            table.put("dense", key, t, best, ms, start_ms, trials)
             print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
 
 

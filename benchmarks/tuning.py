@@ -78,8 +78,10 @@ class TableFile:
     """A per-GPU table being rewritten: starts from the file at `path` (or the shipped one), keeps
     entries it does not measure, and is saved after every measured entry."""
 
-    def __init__(self, path: Path, shipped: Path, gpu: str, fmt: str):
+    def __init__(self, path: Path, shipped: Path, gpu: str, fmt: str, trials_path: Path | None = None):
         self.path = path
+        self.trials_path = trials_path  # every candidate's time, for reading the search afterwards
+        self.trials: dict = {}
         seed = path if path.exists() else shipped  # a fresh --out starts from the shipped table
         self.data = json.loads(seed.read_text()) if seed.exists() else {"moe": {}, "dense": {}}
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
@@ -88,9 +90,13 @@ class TableFile:
                                   "winner's time; heuristic_ms: the heuristic config's, same run); the others are "
                                   "the heuristic guesses"})  # fmt: skip
 
-    def put(self, section: str, key: str, tokens: int, cfg, ms: float, heuristic_ms: float) -> None:
+    def put(self, section: str, key: str, tokens: int, cfg, ms: float, heuristic_ms: float,
+            trials: list | None = None) -> None:  # fmt: skip
         entry = {**cfg.to_dict(), "ms": round(ms, 5), "heuristic_ms": round(heuristic_ms, 5)}
         self.data[section].setdefault(key, {})[str(tokens)] = entry
+        if self.trials_path is not None and trials is not None:
+            self.trials.setdefault(section, {}).setdefault(key, {})[str(tokens)] = trials
+            self.trials_path.write_text(json.dumps(self.trials, indent=1) + "\n")
         entries = [v for sec in ("moe", "dense") for shapes in self.data[sec].values() for v in shapes.values()]
         self.data["tuned"] = all("ms" in v for v in entries)  # entries without "ms" are still the guesses
         self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
@@ -122,11 +128,18 @@ def try_time(fn, graph: bool) -> float:
         return float("inf")
 
 
-def descend(start, variants, measure: Callable[[object], float], deadline: float):
+def _finite(ms: float) -> float | None:
+    return ms if ms != float("inf") else None
+
+
+def descend(start, variants, measure: Callable[[object], float], deadline: float, trials: list | None = None):
     """Coordinate descent: variants is a list of (knob name, make), make(best) giving the candidate
-    configs of that knob. Returns (best, its time, the start's time)."""
+    configs of that knob. Returns (best, its time, the start's time); `trials` collects every
+    candidate timed ({"knob", "config", "ms"}; ms None: it did not compile or run)."""
     best = start
     best_ms = start_ms = measure(start)
+    if trials is not None:
+        trials.append({"knob": "start", "config": start.to_dict(), "ms": _finite(start_ms)})
     for name, make in variants:
         if time.time() > deadline:
             break
@@ -134,6 +147,8 @@ def descend(start, variants, measure: Callable[[object], float], deadline: float
             if cand == best:
                 continue
             ms = measure(cand)
+            if trials is not None:
+                trials.append({"knob": name, "config": cand.to_dict(), "ms": _finite(ms)})
             if ms < best_ms:
                 print(f"    {name}: {ms:.4f} ms (was {best_ms:.4f})")
                 best, best_ms = cand, ms
@@ -163,6 +178,12 @@ def gemm_variants(field: str, knobs: dict):
     return out
 
 
+def block_m_values(tokens: int, experts: int) -> tuple[int, ...]:
+    """Token tiles worth timing: 256 only where experts get hundreds of pairs each (prefill), where a
+    larger tile spreads each weight tile's dequantization over more tokens."""
+    return (16, 32, 64, 128) + ((256,) if tokens * TOP_K >= 128 * experts else ())
+
+
 def block_m_variants(values=(16, 32, 64, 128)):
     """The MoE's token tile, shared by both GEMMs."""
 
@@ -187,6 +208,7 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
     parser.add_argument("--guess", action="store_true", help="write the heuristic guesses (no GPU needed)")
     parser.add_argument("--gpu", default=None, help="table to write (h100/h200); default: this GPU")
     parser.add_argument("--out", default=None, help=f"default: src/tenk/kernels/configs/{fmt}_<gpu>.json")
+    parser.add_argument("--trials", default=None, help="also write every candidate's time to this JSON")
     args = parser.parse_args()
     args.models = args.models.split(",")
     args.tps = [int(t) for t in args.tp.split(",")]
@@ -208,7 +230,7 @@ def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
         return 2
     gpu = args.gpu or tables.gpu_tag() or any_gpu_tag()
     path = Path(args.out) if args.out else tables.table_path(gpu, fmt)
-    table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt)
+    table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt, Path(args.trials) if args.trials else None)
     deadline = time.time() + args.budget_s
     tune(args, table, deadline)
     print(f"wrote {path}" + (" (stopped at the time budget)" if time.time() > deadline else ""))

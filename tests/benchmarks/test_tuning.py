@@ -25,6 +25,9 @@ class _Cfg:
     a: int = 1
     b: int = 1
 
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
 
 def test_descend_takes_each_knobs_best_in_turn():
     cost = lambda c: (c.a - 3) ** 2 + (c.b - 2) ** 2 + 0.5 * c.a * c.b
@@ -38,6 +41,11 @@ def test_descend_takes_each_knobs_best_in_turn():
     assert len(seen) == len(set(seen)) == 1 + 3 + 2  # the start once, no candidate timed twice
     best, _, _ = tuning.descend(_Cfg(), variants, measure, time.time() - 1)  # past the budget: the start
     assert best == _Cfg()
+    trials = []
+    inf_at_4 = lambda c: float("inf") if c.a == 4 else cost(c)  # a candidate that did not compile
+    tuning.descend(_Cfg(), variants, inf_at_4, time.time() + 60, trials)
+    assert [t["knob"] for t in trials] == ["start", "a", "a", "a", "b", "b"]
+    assert trials[3] == {"knob": "a", "config": {"a": 4, "b": 1}, "ms": None} and trials[0]["ms"] == cost(_Cfg())
 
 
 def test_gemm_variants_change_one_knob_of_one_gemm():
@@ -49,6 +57,8 @@ def test_gemm_variants_change_one_knob_of_one_gemm():
     assert split.w2.split_k == 4 and dataclasses.replace(split.w2, split_k=cfg.w2.split_k) == cfg.w2
     (bm32,) = [c for c in tuning.block_m_variants()[0][1](cfg) if c.block_m == 32]
     assert bm32.w13.block_m == bm32.w2.block_m == 32  # both GEMMs share the token blocks
+    assert tuning.block_m_values(256, 128) == (16, 32, 64, 128)  # 16 pairs per expert
+    assert tuning.block_m_values(4096, 128)[-1] == 256  # 256 pairs per expert
 
 
 def test_table_file_keeps_unmeasured_entries(tmp_path):
@@ -56,13 +66,17 @@ def test_table_file_keeps_unmeasured_entries(tmp_path):
     shipped.write_text(json.dumps({"moe": {"k": {"1": {"old": 1}, "16": {"old": 16}}}, "dense": {}}))
     table = tuning.TableFile(tmp_path / "out.json", shipped, "h100", "fp8")
     cfg = fp8.heuristic_moe(1, 256, 3072, 1536, 8)
-    table.put("moe", "k", 1, cfg, 0.02, 0.03)
+    table.put("moe", "k", 1, cfg, 0.02, 0.03, [{"knob": "start", "config": cfg.to_dict(), "ms": 0.03}])
     data = json.loads((tmp_path / "out.json").read_text())
+    assert not (tmp_path / "trials.json").exists()  # kept only when asked for
     assert data["moe"]["k"]["16"] == {"old": 16} and not data["tuned"]  # bucket 16 is still a guess
     assert fp8.Fp8MoeConfig.from_dict(data["moe"]["k"]["1"]) == cfg
     assert (data["moe"]["k"]["1"]["ms"], data["moe"]["k"]["1"]["heuristic_ms"]) == (0.02, 0.03)
     table.put("moe", "k", 16, cfg, 0.05, 0.05)
     assert json.loads((tmp_path / "out.json").read_text())["tuned"]
+    logged = tuning.TableFile(tmp_path / "out.json", shipped, "h100", "fp8", tmp_path / "trials.json")
+    logged.put("moe", "k", 1, cfg, 0.02, 0.03, [{"knob": "start", "config": cfg.to_dict(), "ms": 0.03}])
+    assert json.loads((tmp_path / "trials.json").read_text())["moe"]["k"]["1"][0]["ms"] == 0.03
 
 
 @pytest.mark.parametrize(("script", "fmt", "moe_cls", "dense_cls"), [
