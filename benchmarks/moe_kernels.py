@@ -143,7 +143,7 @@ class Timer:
 def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: list, checks: list) -> None:
     from tenk.kernels import moe
     from tenk.kernels.configs.nvfp4 import moe_config
-    from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
+    from tenk.kernels.nvfp4_moe import ALIGN_MAX_PAIRS, moe_align_block_size_triton, nvfp4_fused_moe
     from tenk.kernels.testing import rel_err
 
     packed, (w13, w2) = make_experts(shape, device, checks=checks)
@@ -187,6 +187,10 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
         row["bf16_tbps"] = row["bf16_bytes"] / row["bf16_ms"] / 1e9
         row["bf16_tflops"] = flops / row["bf16_ms"] / 1e9
         row["speedup"] = row["bf16_ms"] / ms
+        if pairs <= ALIGN_MAX_PAIRS and not cfg.direct:  # the alignment launch alone, by pairs per pass
+            for name, chunk in (("align_ms", None), ("align_chunk512_ms", 512)):
+                row[name] = timer.best(lambda: moe_align_block_size_triton(ids, shape.experts, cfg.block_m, chunk),
+                                       tokens)[0]  # fmt: skip
         if tokens >= 1024 and not timer.smoke:  # the other NVFP4 path at sizes where either may win
             other = "fused" if cfg.impl == "dequant" else "dequant"
             alt = type(cfg)(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=other)
@@ -212,7 +216,9 @@ def format_row(r: dict) -> str:
     flags = " ".join(f"{k}:{'ok' if v['ok'] else 'MISS'}" for k, v in r["targets"].items())
     return (f"{r['model']:8s} T={r['tokens']:6d} {r['timing']:10s} nvfp4 {r['nvfp4_ms']:8.3f} ms "
             f"{r['nvfp4_tbps']:5.2f} TB/s {r['nvfp4_tflops']:6.1f} TF | bf16 {r['bf16_ms']:8.3f} ms "
-            f"{r['bf16_tbps']:5.2f} TB/s {r['bf16_tflops']:6.1f} TF | x{r['speedup']:.2f} {flags}")
+            f"{r['bf16_tbps']:5.2f} TB/s {r['bf16_tflops']:6.1f} TF | x{r['speedup']:.2f} {flags}"
+            + (f" | align {r['align_ms'] * 1e3:.1f} us (512/pass {r['align_chunk512_ms'] * 1e3:.1f})"
+               if "align_ms" in r else ""))
 
 
 def gpu_tag() -> str:

@@ -267,17 +267,23 @@ def test_moe_dequant_path_in_chunks(interpret):
     assert rel_err(out, ref) < 1e-6
 
 
-@pytest.mark.parametrize("tokens,top_k,experts,block_m", [(1, 8, 128, 16), (37, 3, 6, 16), (300, 8, 64, 64)])
-def test_align_kernel_matches_torch_blocks(interpret, tokens, top_k, experts, block_m):
+@pytest.mark.parametrize("tokens,top_k,experts,block_m,chunk", [(1, 8, 128, 16, None), (37, 3, 6, 16, None),
+                                                                (300, 8, 64, 64, None), (300, 8, 64, 16, 256)])  # fmt: skip
+def test_align_kernel_matches_torch_blocks(interpret, tokens, top_k, experts, block_m, chunk):
+    """chunk 256 < 2,400 pairs: the passes over the pairs carry the histogram and cursors along."""
     g = torch.Generator().manual_seed(tokens)
     ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)]).int()
     ids[torch.rand(tokens, top_k, generator=g) < 0.2] = -1
     want = moe.moe_align_block_size(ids, experts, block_m)
-    got = nm.moe_align_block_size_triton(ids, experts, block_m)
+    got = nm.moe_align_block_size_triton(ids, experts, block_m, chunk)
     n = int(want[2])
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2]) and torch.equal(got[0][n:], want[0][n:])
     for b in range(0, n, block_m):  # same pairs in each block (their order inside an expert may differ)
         assert sorted(got[0][b : b + block_m].tolist()) == sorted(want[0][b : b + block_m].tolist())
+
+
+def test_align_chunk_is_a_few_powers_of_two():
+    assert [nm.align_chunk(p) for p in (1, 256, 257, 2400, 8192)] == [256, 256, 512, 4096, 8192]
 
 
 def test_cpu_layers_keep_modelopt_layout():
@@ -515,3 +521,5 @@ def test_benchmark_smoke_run(tmp_path):
     assert {r["model"] for r in rows} == {"qwen3", "minimax"} and len(rows) == 6
     for r in rows:
         assert r["nvfp4_bytes"] < r["bf16_bytes"] / 3 and r["flops"] > 0 and r["nvfp4_ms"] > 0
+    aligned = [r for r in rows if "align_ms" in r]  # every row but the tiny batches' direct mode
+    assert aligned and all(r["align_ms"] > 0 and r["align_chunk512_ms"] > 0 for r in aligned)

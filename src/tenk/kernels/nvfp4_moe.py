@@ -83,6 +83,14 @@ def nvfp4_fused_moe_ref(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_
 # ---------------------------------------------------------------- token/expert alignment
 
 ALIGN_MAX_PAIRS = 8192  # above this the one-CTA kernel would be slower than tenk.kernels.moe's torch ops
+ALIGN_MIN_CHUNK = 256
+
+
+def align_chunk(num_pairs: int) -> int:
+    """Pairs the align kernel reads per pass: all of them at once (a power of two, so few variants
+    compile: the MoE warm-up's token buckets cover them). One CTA runs the kernel, so each pass is
+    a serial round trip to memory (and, when scattering, a batch of atomics)."""
+    return min(ALIGN_MAX_PAIRS, max(ALIGN_MIN_CHUNK, next_pow2(num_pairs)))
 
 
 @triton.jit(do_not_specialize=["P", "max_padded", "num_blocks"])
@@ -120,10 +128,11 @@ def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E
         tl.store(sorted_ptr + slot, offs, mask=ok)
 
 
-def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, chunk: int | None = None):
     """tenk.kernels.moe.moe_align_block_size's contract (same blocks, same padding, same expert ids)
     in one launch, except that pairs inside an expert's run are in arbitrary order (the GEMM rows
-    are independent, so results do not change). Falls back to the torch version for large batches."""
+    are independent, so results do not change). Falls back to the torch version for large batches.
+    chunk: pairs per pass (a power of two; default align_chunk)."""
     flat = topk_ids.reshape(-1)
     P = flat.numel()
     if P > ALIGN_MAX_PAIRS or P == 0:
@@ -137,7 +146,8 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
     npp = torch.empty(1, dtype=torch.int32, device=dev)
     cursor = torch.empty(nb, dtype=torch.int32, device=dev)
     _moe_align_kernel[(1,)](flat, sorted_ids, expert_ids, npp, cursor, P, num_experts, max_padded, num_blocks,
-                            BM=block_m, NB=nb, BP=512, BB=max(16, min(64, 8192 // nb)), num_warps=8)
+                            BM=block_m, NB=nb, BP=chunk or align_chunk(P), BB=max(16, min(64, 8192 // nb)),
+                            num_warps=8)
     return sorted_ids, expert_ids, npp
 
 
