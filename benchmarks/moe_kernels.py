@@ -142,7 +142,7 @@ class Timer:
 
 def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: list, checks: list) -> None:
     from tenk.kernels import moe
-    from tenk.kernels.configs.nvfp4 import moe_config
+    from tenk.kernels.configs.nvfp4 import MOE_IMPLS, moe_config
     from tenk.kernels.nvfp4_moe import ALIGN_MAX_PAIRS, moe_align_block_size_triton, nvfp4_fused_moe
     from tenk.kernels.testing import rel_err
 
@@ -191,10 +191,10 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
             for name, chunk in (("align_ms", None), ("align_chunk512_ms", 512)):
                 row[name] = timer.best(lambda: moe_align_block_size_triton(ids, shape.experts, cfg.block_m, chunk),
                                        tokens)[0]  # fmt: skip
-        if tokens >= 1024 and not timer.smoke:  # the other NVFP4 path at sizes where either may win
-            other = "fused" if cfg.impl == "dequant" else "dequant"
-            alt = type(cfg)(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=other)
-            row[f"nvfp4_{other}_eager_ms"] = timer.eager(lambda: nvfp4(alt))
+        if tokens >= 1024 and not timer.smoke:  # the other NVFP4 paths at sizes where any may win
+            for other in (i for i in MOE_IMPLS if i != cfg.impl):
+                alt = type(cfg)(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=other)
+                row[f"nvfp4_{other}_eager_ms"] = timer.eager(lambda: nvfp4(alt))
         row["targets"] = targets(row)
         rows.append(row)
         print(format_row(row), flush=True)

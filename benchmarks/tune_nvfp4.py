@@ -7,7 +7,8 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
 
 Knobs (coordinate descent, benchmarks/tuning.py): block_m; then per GEMM block_n with its warps,
 block_kq, num_stages, split_k; for tiny batches "direct" (no alignment launch); then the impl,
-fused or dequant.
+fused or dequant, and for prefill-sized batches panel; a winning panel has its tiles and block_m
+timed again as a panel.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ GEMM_KNOBS = {
     "num_stages": [3, 4],
     "split_k": [1, 2, 4, 8],
 }
+PANEL_KNOBS = {k: v for k, v in GEMM_KNOBS.items() if k != "split_k"}  # the panel kernel does not split K
 IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
+# The MoE's impls; "panel" (dequantize each weight tile once, then plain GEMMs) only where experts
+# get tens of pairs each (it runs on aligned token blocks: direct off).
+MOE_IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v, direct=c.direct and v != "panel")
+                               for v in cfgs.MOE_IMPLS])  # fmt: skip
 
 
 def tune(args, table: tuning.TableFile, deadline: float) -> None:
@@ -51,7 +57,13 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
             variants += tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
             if t * tuning.TOP_K <= 64:  # tiny batches: with or without the alignment launch
                 variants.append(("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)]))
-            variants.append(IMPL)
+            if t * tuning.TOP_K >= 64 * e:
+                variants.append(MOE_IMPL)
+                variants += [(f"panel.{name}", lambda c, make=make: make(c) if c.impl == "panel" else [])
+                             for name, make in tuning.block_m_variants(tuning.block_m_values(t, e))
+                             + tuning.gemm_variants("w13", PANEL_KNOBS) + tuning.gemm_variants("w2", PANEL_KNOBS)]
+            else:
+                variants.append(IMPL)
             print(f"[moe {key} T={t}]")
             trials = []
             best, ms, start_ms = tuning.descend(cfgs.heuristic_moe(t, e, h, i, tuning.TOP_K), variants, measure,
