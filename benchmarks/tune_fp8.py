@@ -13,9 +13,7 @@ dense GEMM also the impl, fused or dequant (dequantize once + cuBLAS).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import time
 
 import torch
 import tuning
@@ -32,60 +30,33 @@ GEMM_KNOBS = {
 }
 
 
+def moe_variants(t: int, e: int) -> list:
+    # tiles up to 128 tokens: the FP8 step holds more registers than the NVFP4 one
+    return (tuning.block_m_variants() + tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
+            + tuning.direct_variants(t))  # fmt: skip
+
+
 def tune(args, table: tuning.TableFile, deadline: float) -> None:
-    import moe_kernels as mk
     from fp8_kernels import random_fp8
 
     from tenk.kernels.fp8_gemm import fp8_gemm
     from tenk.kernels.fp8_moe import fp8_fused_moe
 
-    for model, tp, (e, h, i) in [] if args.no_moe else tuning.moe_shapes(args.models, args.tps):
-        shape = mk.Shape(f"{model}/tp{tp}", e, h, i, tuning.TOP_K)
-        g = torch.Generator(device="cuda").manual_seed(e + h + i)
-        experts = (*random_fp8(e, 2 * i, h, "block", BLOCK, g, "cuda"), *random_fp8(e, h, i, "block", BLOCK, g, "cuda"))
-        key = tables.moe_key(e, h, i, tuning.TOP_K)
-        for t in args.tokens_list:
-            if time.time() > deadline:
-                break
-            x, tw, ids = mk.make_routing(shape, t, "cuda", seed=t)
-            out = torch.empty_like(x)
-            run = lambda c: fp8_fused_moe(x, *experts, tw, ids, "block", BLOCK, out=out, config=c)
-            measure = lambda c: tuning.try_time(lambda: run(c), t <= tuning.GRAPH_MAX_TOKENS)
-            variants = tuning.block_m_variants()  # the FP8 step holds more registers: tiles up to 128
-            variants += tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
-            if t * tuning.TOP_K <= 64:  # tiny batches: with or without the alignment launch
-                variants.append(("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)]))
-            print(f"[moe {key} T={t}]")
-            trials = []
-            best, ms, start_ms = tuning.descend(cfgs.heuristic_moe(t, e, h, i, tuning.TOP_K), variants, measure,
-                                                deadline, trials)  # fmt: skip
-            table.put("moe", key, t, best, ms, start_ms, trials)
-            print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
-        experts = None  # freed before the next shape is made
-        torch.cuda.empty_cache()
+    def experts(shape):
+        g = torch.Generator(device=tuning.DEVICE).manual_seed(shape.experts + shape.hidden + shape.inter)
+        e, h, i = shape.experts, shape.hidden, shape.inter
+        return (*random_fp8(e, 2 * i, h, "block", BLOCK, g, tuning.DEVICE), *random_fp8(e, h, i, "block", BLOCK, g, tuning.DEVICE))
 
-    if not args.dense:
-        return
-    for model, tp, (n, k) in tuning.dense_shapes(args.models, args.tps):
-        g = torch.Generator(device="cuda").manual_seed(n + k)
-        q, s = random_fp8(1, n, k, "block", BLOCK, g, "cuda")
-        q, s = q[0], s[0]
-        key = tables.dense_key(n, k)
-        for t in args.tokens_list:
-            if time.time() > deadline:
-                break
-            x = torch.randn(t, k, generator=g, device="cuda").bfloat16()
-            out = torch.empty(t, n, device="cuda", dtype=torch.bfloat16)
-            run = lambda c: fp8_gemm(x, q, s, "block", None, None, BLOCK, config=c, out=out)
-            measure = lambda c: tuning.try_time(lambda: run(c), t <= tuning.GRAPH_MAX_TOKENS)
-            variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in (16, 32, 64, 128)])]
-            variants += tuning.gemm_variants("", GEMM_KNOBS)
-            variants.append(("impl", lambda c: [dataclasses.replace(c, impl=v) for v in tables.IMPLS]))
-            print(f"[dense {key} T={t}]")
-            trials = []
-            best, ms, start_ms = tuning.descend(cfgs.heuristic_dense(t, n, k), variants, measure, deadline, trials)
-            table.put("dense", key, t, best, ms, start_ms, trials)
-            print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
+    def dense_weight(n, k, g):
+        q, s = random_fp8(1, n, k, "block", BLOCK, g, tuning.DEVICE)
+        return q[0], s[0]
+
+    tuning.tune_moe(args, table, deadline, experts,
+                    lambda x, w, tw, ids, out, c: fp8_fused_moe(x, *w, tw, ids, "block", BLOCK, out=out, config=c),
+                    cfgs.heuristic_moe, moe_variants)  # fmt: skip
+    tuning.tune_dense(args, table, deadline, dense_weight,
+                      lambda x, w, out, c: fp8_gemm(x, *w, "block", None, None, BLOCK, config=c, out=out),
+                      cfgs.heuristic_dense, GEMM_KNOBS, tables.IMPLS)  # fmt: skip
 
 
 if __name__ == "__main__":

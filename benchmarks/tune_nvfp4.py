@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 
 import torch
 import tuning
@@ -36,66 +35,36 @@ MOE_IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v, direct=c.direct an
                                for v in cfgs.MOE_IMPLS])  # fmt: skip
 
 
+def moe_variants(t: int, e: int) -> list:
+    values = tuning.block_m_values(t, e)
+    variants = tuning.block_m_variants(values) + tuning.gemm_variants("w13", GEMM_KNOBS)
+    variants += tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t)
+    if t * tuning.TOP_K < 64 * e:
+        return variants + [IMPL]
+    # prefill: the panel kernel too, and a winning panel gets its tiles timed again as a panel
+    panel_knobs = tuning.block_m_variants(values) + tuning.gemm_variants("w13", PANEL_KNOBS)
+    panel_knobs += tuning.gemm_variants("w2", PANEL_KNOBS)
+    return variants + [MOE_IMPL] + [(f"panel.{name}", lambda c, make=make: make(c) if c.impl == "panel" else [])
+                                    for name, make in panel_knobs]  # fmt: skip
+
+
 def tune(args, table: tuning.TableFile, deadline: float) -> None:
     import moe_kernels as mk
 
     from tenk.kernels import nvfp4_gemm as ng
     from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
 
-    for model, tp, (e, h, i) in [] if args.no_moe else tuning.moe_shapes(args.models, args.tps):
-        shape = mk.Shape(f"{model}/tp{tp}", e, h, i, tuning.TOP_K)
-        packed, _ = mk.make_experts(shape, "cuda", dense=False)
-        key = cfgs.moe_key(e, h, i, tuning.TOP_K)
-        for t in args.tokens_list:
-            if time.time() > deadline:
-                break
-            x, tw, ids = mk.make_routing(shape, t, "cuda", seed=t)
-            out = torch.empty_like(x)
-            graph = t <= tuning.GRAPH_MAX_TOKENS
-            measure = lambda c: tuning.try_time(lambda: nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=c), graph)
-            variants = tuning.block_m_variants(tuning.block_m_values(t, e))
-            variants += tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
-            if t * tuning.TOP_K <= 64:  # tiny batches: with or without the alignment launch
-                variants.append(("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)]))
-            if t * tuning.TOP_K >= 64 * e:
-                variants.append(MOE_IMPL)
-                variants += [(f"panel.{name}", lambda c, make=make: make(c) if c.impl == "panel" else [])
-                             for name, make in tuning.block_m_variants(tuning.block_m_values(t, e))
-                             + tuning.gemm_variants("w13", PANEL_KNOBS) + tuning.gemm_variants("w2", PANEL_KNOBS)]
-            else:
-                variants.append(IMPL)
-            print(f"[moe {key} T={t}]")
-            trials = []
-            best, ms, start_ms = tuning.descend(cfgs.heuristic_moe(t, e, h, i, tuning.TOP_K), variants, measure,
-                                                deadline, trials)  # fmt: skip
-            table.put("moe", key, t, best, ms, start_ms, trials)
-            print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
-        del packed
-        torch.cuda.empty_cache()
+    def dense_weight(n, k, g):
+        packed = torch.randint(0, 256, (n, k // 2), generator=g, device=tuning.DEVICE, dtype=torch.uint8)
+        scale = (torch.rand(n, k // 16, generator=g, device=tuning.DEVICE) + 0.5).to(torch.float8_e4m3fn)
+        return (*ng.pack_for_kernel(packed, scale), torch.full((1,), 0.01, device=tuning.DEVICE))
 
-    if not args.dense:
-        return
-    for model, tp, (n, k) in tuning.dense_shapes(args.models, args.tps):
-        g = torch.Generator(device="cuda").manual_seed(n + k)
-        packed = torch.randint(0, 256, (n, k // 2), generator=g, device="cuda", dtype=torch.uint8)
-        scale = (torch.rand(n, k // 16, generator=g, device="cuda") + 0.5).to(torch.float8_e4m3fn)
-        wq, sq = ng.pack_for_kernel(packed, scale)
-        gs = torch.full((1,), 0.01, device="cuda")
-        key = cfgs.dense_key(n, k)
-        for t in args.tokens_list:
-            if time.time() > deadline:
-                break
-            x = torch.randn(t, k, generator=g, device="cuda").bfloat16()
-            out = torch.empty(t, n, device="cuda", dtype=torch.bfloat16)
-            measure = lambda c: tuning.try_time(lambda: ng.nvfp4_gemm(x, wq, sq, gs, None, config=c, out=out),
-                                                t <= tuning.GRAPH_MAX_TOKENS)  # fmt: skip
-            variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in (16, 32, 64, 128)])]
-            variants += tuning.gemm_variants("", GEMM_KNOBS) + [IMPL]
-            print(f"[dense {key} T={t}]")
-            trials = []
-            best, ms, start_ms = tuning.descend(cfgs.heuristic_dense(t, n, k), variants, measure, deadline, trials)
-            table.put("dense", key, t, best, ms, start_ms, trials)
-            print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
+    tuning.tune_moe(args, table, deadline, lambda shape: mk.make_experts(shape, tuning.DEVICE, dense=False)[0],
+                    lambda x, w, tw, ids, out, c: nvfp4_fused_moe(x, *w, tw, ids, out=out, config=c),
+                    cfgs.heuristic_moe, moe_variants)  # fmt: skip
+    tuning.tune_dense(args, table, deadline, dense_weight,
+                      lambda x, w, out, c: ng.nvfp4_gemm(x, *w[:2], w[2], None, config=c, out=out),
+                      cfgs.heuristic_dense, GEMM_KNOBS, cfgs.IMPLS)  # fmt: skip
 
 
 if __name__ == "__main__":

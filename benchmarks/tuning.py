@@ -36,6 +36,8 @@ MOE_MODELS = {"qwen3": (128, 2048, 768), "minimax": (256, 3072, 1536)}  # expert
 # Attention projections (N, K) at TP=1: q|k|v and o. The dense GEMM serves "all-linear" checkpoints.
 DENSE = {"qwen3": [(5120, 2048), (2048, 4096)], "minimax": [(8192, 3072), (3072, 6144)]}
 TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)  # benchmarks/moe_kernels.py's sizes; --tokens for more buckets
+DEVICE = "cuda"  # tests run the sweeps on CPU (the Triton interpreter) with tiny shapes
+DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
 
 def moe_shapes(models, tps):
@@ -192,6 +194,65 @@ def block_m_variants(values=(16, 32, 64, 128)):
                                     w2=dataclasses.replace(c.w2, block_m=bm)) for bm in values]  # fmt: skip
 
     return [("block_m", make)]
+
+
+# ---------------------------------------------------------------- the sweeps
+
+
+def _search(table: TableFile, section: str, key: str, tokens: int, start, variants, measure, deadline: float) -> None:
+    print(f"[{section} {key} T={tokens}]")
+    trials = []
+    best, ms, start_ms = descend(start, variants, measure, deadline, trials)
+    table.put(section, key, tokens, best, ms, start_ms, trials)
+    print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
+
+
+def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heuristic, variants_for) -> None:
+    """Every MoE shape and token count: make_experts(shape) -> the experts' tensors (made on the
+    GPU), run(x, experts, topk_weights, topk_ids, out, config) one call, variants_for(t, e) the
+    knobs to search from heuristic(t, e, h, i, TOP_K)."""
+    import moe_kernels as mk
+
+    for model, tp, (e, h, i) in [] if args.no_moe else moe_shapes(args.models, args.tps):
+        shape = mk.Shape(f"{model}/tp{tp}", e, h, i, TOP_K)
+        experts = make_experts(shape)
+        for t in args.tokens_list:
+            if time.time() > deadline:
+                break
+            x, tw, ids = mk.make_routing(shape, t, DEVICE, seed=t)
+            out = torch.empty_like(x)
+            measure = lambda c: try_time(lambda: run(x, experts, tw, ids, out, c), t <= GRAPH_MAX_TOKENS)
+            _search(table, "moe", tables.moe_key(e, h, i, TOP_K), t, heuristic(t, e, h, i, TOP_K), variants_for(t, e),
+                    measure, deadline)  # fmt: skip
+        experts = None  # freed before the next shape's are made
+        torch.cuda.empty_cache()
+
+
+def tune_dense(args, table: TableFile, deadline: float, make_weight, run, heuristic, knobs: dict, impls) -> None:
+    """Every dense (N, K) and token count (with --dense): make_weight(n, k, generator) -> the
+    weight's tensors, run(x, weight, out, config) one call."""
+    if not args.dense:
+        return
+    for model, tp, (n, k) in dense_shapes(args.models, args.tps):
+        g = torch.Generator(device=DEVICE).manual_seed(n + k)
+        weight = make_weight(n, k, g)
+        for t in args.tokens_list:
+            if time.time() > deadline:
+                break
+            x = torch.randn(t, k, generator=g, device=DEVICE).to(DTYPE[DEVICE])
+            out = torch.empty(t, n, device=DEVICE, dtype=x.dtype)
+            measure = lambda c: try_time(lambda: run(x, weight, out, c), t <= GRAPH_MAX_TOKENS)
+            variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in (16, 32, 64, 128)])]
+            variants += gemm_variants("", knobs)
+            variants.append(("impl", lambda c: [dataclasses.replace(c, impl=v) for v in impls]))
+            _search(table, "dense", tables.dense_key(n, k), t, heuristic(t, n, k), variants, measure, deadline)
+
+
+def direct_variants(tokens: int) -> list:
+    """Tiny batches: with or without the MoE's alignment launch."""
+    if tokens * TOP_K > 64:
+        return []
+    return [("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)])]
 
 
 # ---------------------------------------------------------------- command line

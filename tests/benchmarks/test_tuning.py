@@ -4,6 +4,7 @@ best of each knob in turn, a table being rewritten keeps the entries it does not
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -97,3 +98,61 @@ def test_guess_tables_cover_the_shipped_shapes(tmp_path, script, fmt, moe_cls, d
         for entry in entries.values():
             dense_cls.from_dict(entry)
     assert Path(out).read_text().endswith("\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8"])
+def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
+    """tune_nvfp4.tune / tune_fp8.tune over a tiny MoE and dense shape (the Triton interpreter; each
+    candidate timed by one eager call), so a GPU run does not fail on the sweeps' plumbing: every
+    entry lands in the table, a valid config, with the heuristic's time beside the winner's."""
+    import importlib
+
+    from tenk.kernels.interpret import triton_interpreter
+
+    module = importlib.import_module(f"tune_{fmt}")
+    monkeypatch.setattr(tuning, "DEVICE", "cpu")
+    h, i = (128, 64) if fmt == "nvfp4" else (256, 128)  # FP8: whole 128 x 128 scale blocks
+    monkeypatch.setattr(tuning, "MOE_MODELS", {"tiny": (8, h, i)})
+    monkeypatch.setattr(tuning, "DENSE", {"tiny": [(h, h)]})
+    monkeypatch.setattr(tuning, "try_time", lambda fn, graph: _eager_ms(fn))
+    # one or two values per knob: the interpreter takes seconds per candidate
+    k_step = "block_kq" if fmt == "nvfp4" else "block_k"
+    monkeypatch.setattr(module, "GEMM_KNOBS", {"tile": [(64, 4)], k_step: [16 if fmt == "nvfp4" else 64],
+                                               "split_k": [1, 2]})  # fmt: skip
+    if fmt == "nvfp4":
+        monkeypatch.setattr(module, "PANEL_KNOBS", {"tile": [(64, 4)]})
+    block_m_variants = tuning.block_m_variants
+    monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
+    monkeypatch.setattr(tuning.TableFile, "__init__", _table_init(tmp_path / "table.json", fmt))
+    # 64 tokens: 64 pairs per expert, where the NVFP4 sweep also times the panel kernel
+    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 64], dense=True, no_moe=False)
+    table = tuning.TableFile(None, None, "h100", fmt)
+    with triton_interpreter():
+        module.tune(args, table, time.time() + 600)
+    data = json.loads((tmp_path / "table.json").read_text())
+    moe_cls, dense_cls = (fp8.Fp8MoeConfig, fp8.Fp8Config) if fmt == "fp8" else (nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)
+    key = f"e8_h{h}_i{i}_top8"
+    assert set(data["moe"]) == {key} and set(data["moe"][key]) == {"1", "64"} and set(data["dense"]) == {f"{h}x{h}"}
+    for section, cls in (("moe", moe_cls), ("dense", dense_cls)):
+        for entries in data[section].values():
+            for entry in entries.values():
+                cls.from_dict(entry)
+                assert 0 < entry["ms"] <= entry["heuristic_ms"]
+    assert data["tuned"]
+    trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]
+    impls = {t["config"].get("impl", "fused") for t in trials["64"] if t["ms"] is not None}
+    assert impls == ({"fused", "dequant", "panel"} if fmt == "nvfp4" else {"fused"})
+
+def _eager_ms(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
+
+
+def _table_init(path: Path, fmt: str):
+    def init(self, *_args):
+        self.path, self.trials_path, self.trials = path, path.parent / "trials.json", {}
+        self.data = {"moe": {}, "dense": {}, "gpu": "h100", "tuned": True}
+
+    return init

@@ -481,32 +481,24 @@ def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int,
 
 
 def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
+    """The fused GEMMs, or with impl "panel" the panel kernel's (aligned blocks, no split K)."""
     E, two_i, q13 = w13q.shape
     k = topk_ids.shape[1]
     P = x.shape[0] * k
+    panel = cfg.impl == "panel"
 
     def gemm(first, a, dst, align, split):
-        if first:
-            _gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split)
+        # w1|w3 reads x by token (gated), w2 the activations by pair
+        wq, sq, gs, n, gated, c = (w13q, w13s, g13, two_i // 2, True, cfg.w13) if first else \
+            (w2q, w2s, g2, x.shape[1], False, cfg.w2)
+        if panel:
+            _panel_gemm(a, wq, sq, gs, dst, align, P, n, k, gated, gated, c, E)
         else:
-            _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split)
+            _gemm(a, wq, sq, gs, dst, align, P, n, k, gated, gated, c, split)
 
-    return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
-                          _splits(cfg.w13, q13), _splits(cfg.w2, w2q.shape[2]), gemm)
-
-
-def _panel(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
-    E, two_i, _ = w13q.shape
-    k = topk_ids.shape[1]
-    P = x.shape[0] * k
-
-    def gemm(first, a, dst, align, split):
-        if first:
-            _panel_gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, E)
-        else:
-            _panel_gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, E)
-
-    return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, False, 1, 1, gemm)
+    splits = (1, 1) if panel else (_splits(cfg.w13, q13), _splits(cfg.w2, w2q.shape[2]))
+    return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct and not panel,
+                          *splits, gemm)  # fmt: skip
 
 
 def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes: int):
@@ -554,6 +546,4 @@ def nvfp4_fused_moe(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weig
     cfg = config or moe_config(T, E, H, inter, k, x.device)
     if cfg.impl == "dequant":
         return _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes)
-    if cfg.impl == "panel":
-        return _panel(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg)
     return _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg)
