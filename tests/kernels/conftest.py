@@ -120,3 +120,16 @@ def assert_fits_sm90(results: list[dict], expected: list[str]) -> None:
               f"{r['shared_bytes'] / 1024:.0f} KiB shared, {r['options']}")
         assert r["spill_bytes"] == 0, r
         assert r["shared_bytes"] <= H100_MAX_SHARED, r
+
+
+def assert_shipped_tables_load(fmt: str, moe_cls, dense_cls) -> None:
+    """Every entry of the shipped launch tables of one format (H100 and H200) is a valid config."""
+    from tenk.kernels.configs import nvfp4 as tables
+
+    for tag in ("h100", "h200"):
+        table = tables.load_table(tag, fmt)
+        assert table["moe"] and table["dense"], tag
+        for section, cls in (("moe", moe_cls), ("dense", dense_cls)):
+            for entries in table[section].values():
+                for entry in entries.values():
+                    cls.from_dict(entry)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tenk.kernels import activation, attention_triton, moe, rmsnorm, rotary
-from tenk.kernels.testing import make_attention_case, make_moe_case
+from tenk.kernels.testing import make_attention_case
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 MAX_SHARED = 227 * 1024  # H100 per-block limit

@@ -16,6 +16,7 @@ from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, dense_config, fit_
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant import ops
 from tenk.quant.fp8 import quantize_fp8_block, quantize_fp8_per_tensor
+from tests.kernels.conftest import assert_shipped_tables_load
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
 
@@ -279,17 +280,8 @@ def test_tables_are_read_on_their_gpu_and_heuristics_elsewhere(monkeypatch):
     """fp8_<gpu>.json (benchmarks/tune_fp8.py) decides on an H100 / H200; its buckets are the largest
     listed M at or below the batch; shapes it lacks, and the CPU, get the heuristics."""
     from tenk.kernels.configs import fp8 as cfgs
-    from tenk.kernels.configs import nvfp4 as tables
 
-    for tag in ("h100", "h200"):
-        table = tables.load_table(tag, "fp8")
-        assert table["moe"] and table["dense"], tag
-        for entries in table["moe"].values():
-            for entry in entries.values():
-                Fp8MoeConfig.from_dict(entry)  # every shipped entry is a valid config
-        for entries in table["dense"].values():
-            for entry in entries.values():
-                Fp8Config.from_dict(entry)
+    assert_shipped_tables_load("fp8", Fp8MoeConfig, Fp8Config)
     tuned = {"dense": {"4096x3072": {"1": Fp8Config(block_n=128, num_stages=5, split_k=8).to_dict(),
                                      "64": {**Fp8Config(block_m=64, num_stages=3).to_dict(), "ms": 0.01}}},
              "moe": {"e256_h3072_i768_top8": {"16": Fp8MoeConfig(block_m=32, w13=Fp8Config(block_m=32, split_k=2),

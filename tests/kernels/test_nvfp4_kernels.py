@@ -16,7 +16,7 @@ from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
-from tests.kernels.conftest import assert_fits_sm90
+from tests.kernels.conftest import assert_fits_sm90, assert_shipped_tables_load
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
 
@@ -323,15 +323,7 @@ def test_config_lookup_and_heuristics():
     from tenk.kernels.configs import nvfp4 as cfgs
 
     assert cfgs.bucket(1) == 1 and cfgs.bucket(300) == 256 and cfgs.bucket(10**6) == 16384
-    for tag in ("h100", "h200"):
-        table = cfgs.load_table(tag)
-        assert table["moe"] and table["dense"], tag
-        for shapes in table["moe"].values():
-            for entry in shapes.values():
-                Nvfp4MoeConfig.from_dict(entry)  # every shipped entry is a valid config
-        for shapes in table["dense"].values():
-            for entry in shapes.values():
-                Nvfp4Config.from_dict(entry)
+    assert_shipped_tables_load("nvfp4", Nvfp4MoeConfig, Nvfp4Config)
     assert heuristic_moe(1, 128, 2048, 768, 8).block_m == 16
     assert heuristic_dense(8192, 4096, 4096).impl == "dequant"
     with pytest.raises(ValueError):
