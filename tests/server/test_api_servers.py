@@ -19,6 +19,7 @@ import openai
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from tenk.errors import ConfigError
 from tests.server.conftest import API_KEY, ENGINE, MODEL_NAME, start_server, wait_for
 from tests.server.test_dp import GREEDY, PROMPTS, _completions, _Load, metric_by_engine
 
@@ -87,6 +88,28 @@ def test_both_processes_serve_and_metrics_add_up(pool):
     shares = [routed[e] - before_routed[e] for e in ("0", "1")]
     assert sum(shares) == n and min(shares) >= 0.3 * n, shares
     assert wait_for(lambda: sum(metric_by_engine(http, "vllm:num_requests_running").values()) == 0, timeout=5)
+
+
+def test_a_second_server_on_the_port_is_refused(pool, tiny_model_dir):
+    """Each API process listens with SO_REUSEPORT, which would let another server of the same user
+    join the port and take half its connections: a second pool (or a single-process server) on it
+    fails at once with the port in its message, while the first one serves on; so does one that
+    tries while the first is still starting (only its port holder bound)."""
+    from tenk.server import ServerArgs, launch
+    from tenk.server.launcher import bind, hold_port
+
+    for count in (2, 1):
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{pool.port}"):
+            launch(ServerArgs(model=tiny_model_dir, port=pool.port, api_server_count=count, engine=dict(ENGINE)))
+    assert httpx.get(pool.url + "/health", timeout=10).status_code == 200
+    holder = hold_port("127.0.0.1", 0)  # a pool that is loading its model
+    try:
+        port = holder.getsockname()[1]
+        with pytest.raises(ConfigError):
+            hold_port("127.0.0.1", port)
+        bind("127.0.0.1", port, reuse_port=True).close()  # its own API processes join it
+    finally:
+        holder.close()
 
 
 def test_replica_death_is_seen_by_every_api_process(tiny_model_dir):

@@ -3,7 +3,7 @@
 One API process (HTTP, pydantic, tokenization, one SSE chunk per token) streams some 30K
 tokens/s on one core; replicas on several GPUs make more than that. So, as vLLM does, the
 parent process here:
-- binds the listening socket and starts the replicas (each engine core binds one output socket
+- reserves the port (hold_port) and starts the replicas (each engine core binds one output socket
   per API process and sends each request's outputs to the process that sent it, its stats to all);
 - spawns K API processes (api_worker.py) that each connect to every replica and listen on the
   port: on Linux each with its own SO_REUSEPORT socket, so the kernel spreads new connections
@@ -39,7 +39,7 @@ from tenk.server import wire
 from tenk.server.api_worker import ReplicaInfo, run_api_worker
 from tenk.server.args import ServerArgs
 from tenk.server.engine_client import ReplicaLink
-from tenk.server.launcher import EndpointHandle, bind, resolve_model, server_url, start_replicas
+from tenk.server.launcher import EndpointHandle, bind, hold_port, resolve_model, server_url, start_replicas
 from tenk.server.replica import Replica, ReplicaLauncher
 from tenk.server.replica_supervisor import restart_replica
 
@@ -98,8 +98,8 @@ class ApiServerPool:
     def start(self) -> None:
         """Bind, start the replicas and the API processes; returns once all serve (blocking)."""
         resolve_model(self.args)
-        # With its own socket per API process, this one only holds the port (and picks it for port 0).
-        self.sock = bind(self.args.host, self.args.port, reuse_port=SPREAD_CONNECTIONS, listen=not SPREAD_CONNECTIONS)
+        # With a socket of its own per API process, this one only holds the port (and picks it for port 0).
+        self.sock = (hold_port if SPREAD_CONNECTIONS else bind)(self.args.host, self.args.port)
         self.port = self.sock.getsockname()[1]
         try:
             self.launcher = ReplicaLauncher(self.args)

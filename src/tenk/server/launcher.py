@@ -28,23 +28,38 @@ from tenk.server.tokenization import TokenizerWrapper
 log = logging.getLogger("tenk.server")
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """The server's TCP socket. `reuse_port`: one of several listening sockets on the same port
-    (Linux spreads new connections over them); `listen=False` only holds the port."""
+def _bound(host: str, port: int, options: tuple[int, ...]) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    for opt in options:
+        sock.setsockopt(socket.SOL_SOCKET, opt, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    if listen:
-        sock.listen(4096)  # a burst of thousands of clients must queue, not be refused
+    return sock
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The server's listening TCP socket. `reuse_port`: one of several on a port that hold_port
+    reserved (Linux spreads new connections over them)."""
+    sock = _bound(host, port, (socket.SO_REUSEADDR, socket.SO_REUSEPORT) if reuse_port else (socket.SO_REUSEADDR,))
+    sock.listen(4096)  # a burst of thousands of clients must queue, not be refused
     sock.set_inheritable(True)
     return sock
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """Reserve host:port for API processes that each listen with bind(..., reuse_port=True). It
+    fails, as bind does, where anything is bound already, another server with SO_REUSEPORT sockets
+    included (a plain probe socket conflicts with every one of them). The holder itself has
+    SO_REUSEPORT and not SO_REUSEADDR, so only this user's SO_REUSEPORT sockets join it, and a
+    second server's probe fails while this one starts (model loading can take minutes)."""
+    probe = _bound(host, port, (socket.SO_REUSEADDR,))  # SO_REUSEADDR: an old server's TIME_WAIT is no conflict
+    port = probe.getsockname()[1]  # port 0 picks one
+    probe.close()
+    return _bound(host, port, (socket.SO_REUSEPORT,))
 
 
 def server_url(host: str, port: int) -> str:
