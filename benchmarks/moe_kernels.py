@@ -222,11 +222,9 @@ def format_row(r: dict) -> str:
 
 
 def gpu_tag() -> str:
-    name = torch.cuda.get_device_name().upper()
-    for tag in ("H200", "H100", "A100", "B200"):
-        if tag in name:
-            return tag.lower()
-    return "".join(c if c.isalnum() else "_" for c in name.lower())
+    from tenk.kernels.configs.nvfp4 import device_tag
+
+    return device_tag(torch.cuda.get_device_name())
 
 
 def interpreter_if(smoke: bool):

@@ -30,10 +30,10 @@ GEMM_KNOBS = {
 }
 
 
-def moe_variants(t: int, e: int) -> list:
+def moe_variants(t: int, e: int, k: int) -> list:
     # tiles up to 128 tokens: the FP8 step holds more registers than the NVFP4 one
     return (tuning.block_m_variants() + tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
-            + tuning.direct_variants(t))  # fmt: skip
+            + tuning.direct_variants(t, k))  # fmt: skip
 
 
 def tune(args, table: tuning.TableFile, deadline: float) -> None:

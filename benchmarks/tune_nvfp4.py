@@ -35,11 +35,11 @@ MOE_IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v, direct=c.direct an
                                for v in cfgs.MOE_IMPLS])  # fmt: skip
 
 
-def moe_variants(t: int, e: int) -> list:
-    values = tuning.block_m_values(t, e)
+def moe_variants(t: int, e: int, k: int) -> list:
+    values = tuning.block_m_values(t, e, k)
     variants = tuning.block_m_variants(values) + tuning.gemm_variants("w13", GEMM_KNOBS)
-    variants += tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t)
-    if t * tuning.TOP_K < 64 * e:
+    variants += tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k)
+    if t * k < 64 * e:
         return variants + [IMPL]
     # prefill: the panel kernel too, and a winning panel gets its tiles timed again as a panel
     panel_knobs = tuning.block_m_variants(values) + tuning.gemm_variants("w13", PANEL_KNOBS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,33 +28,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from moe_kernels import GRAPH_MAX_TOKENS  # noqa: E402, F401  (decode-sized batches: timed as CUDA graphs)
-from moe_kernels import gpu_tag as any_gpu_tag  # noqa: E402
 
 from tenk.kernels.configs import nvfp4 as tables  # noqa: E402  (the table machinery of both formats)
 
-TOP_K = 8
-MOE_MODELS = {"qwen3": (128, 2048, 768), "minimax": (256, 3072, 1536)}  # experts, hidden, FFN width
-# Attention projections (N, K) at TP=1: q|k|v and o. The dense GEMM serves "all-linear" checkpoints.
-DENSE = {"qwen3": [(5120, 2048), (2048, 4096)], "minimax": [(8192, 3072), (3072, 6144)]}
+ALIASES = {"qwen3": "qwen3-30b-a3b", "minimax": "minimax-m2"}  # the benchmarks' short names
 TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)  # benchmarks/moe_kernels.py's sizes; --tokens for more buckets
 DEVICE = "cuda"  # tests run the sweeps on CPU (the Triton interpreter) with tiny shapes
 DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
 
+def model_config(name: str):
+    """--models entries: a preset (tenk.models.presets; "qwen3" / "minimax" for short) or a model
+    directory (its config.json)."""
+    from tenk.models.config import ModelConfig
+    from tenk.models.presets import PRESETS, get_preset
+
+    name = ALIASES.get(name, name)
+    return ModelConfig.from_hf(get_preset(name)) if name in PRESETS else ModelConfig.from_dir(name)
+
+
 def moe_shapes(models, tps):
+    """(model, tp, (experts, hidden, FFN width per rank, top-k)) of the MoE models, where the
+    width takes the kernels' 64-wide tiles."""
     for m in models:
-        e, h, i = MOE_MODELS[m]
-        for tp in tps:
-            if (i // tp) % 64 == 0:
-                yield m, tp, (e, h, i // tp)
+        mc = model_config(m)
+        for tp in tps if mc.is_moe else ():
+            i = mc.moe_intermediate_size // tp
+            if i % 64 == 0:
+                yield m, tp, (mc.num_experts, mc.hidden_size, i, mc.num_experts_per_tok)
 
 
 def dense_shapes(models, tps):
+    """(model, tp, (N, K)) per rank of the dense projections: attention's q|k|v and o, and for dense
+    models the MLP's gate|up and down (the dense GEMM serves "all-linear" checkpoints). KV heads
+    fewer than the ranks are replicated."""
     for m in models:
-        for (n, k), kind in zip(DENSE[m], ("qkv", "o")):
-            for tp in tps:
-                shape = (n // tp, k) if kind == "qkv" else (n, k // tp)
-                if shape[1] % 64 == 0:
+        mc = model_config(m)
+        seen = set()
+        for tp in tps:
+            kv = max(1, mc.num_kv_heads // tp) * mc.head_dim
+            q = mc.num_heads // tp * mc.head_dim
+            shapes = [(q + 2 * kv, mc.hidden_size), (mc.hidden_size, q)]
+            if not mc.is_moe:
+                shapes += [(2 * mc.intermediate_size // tp, mc.hidden_size), (mc.hidden_size, mc.intermediate_size // tp)]
+            for shape in shapes:
+                if shape[1] % 64 == 0 and shape not in seen:
+                    seen.add(shape)
                     yield m, tp, shape
 
 
@@ -67,9 +87,9 @@ def write_guesses(path: Path, gpu: str, fmt: str, heuristic_moe, heuristic_dense
              "note": f"heuristic guesses written without a GPU (tenk.kernels.configs.{fmt}.heuristic_*); rerun "
                      f"benchmarks/tune_{fmt}.py on this GPU to replace them with measured configs",
              "moe": {}, "dense": {}}  # fmt: skip
-    for _, _, (e, h, i) in moe_shapes(models, tps):
-        table["moe"][tables.moe_key(e, h, i, TOP_K)] = {
-            str(t): heuristic_moe(t, e, h, i, TOP_K).to_dict() for t in tables.M_BUCKETS}
+    for _, _, (e, h, i, k) in moe_shapes(models, tps):
+        table["moe"][tables.moe_key(e, h, i, k)] = {
+            str(t): heuristic_moe(t, e, h, i, k).to_dict() for t in tables.M_BUCKETS}
     for _, _, (n, k) in dense_shapes(models, tps):
         table["dense"][tables.dense_key(n, k)] = {str(t): heuristic_dense(t, n, k).to_dict() for t in tables.M_BUCKETS}
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
@@ -180,10 +200,10 @@ def gemm_variants(field: str, knobs: dict):
     return out
 
 
-def block_m_values(tokens: int, experts: int) -> tuple[int, ...]:
+def block_m_values(tokens: int, experts: int, top_k: int) -> tuple[int, ...]:
     """Token tiles worth timing: 256 only where experts get hundreds of pairs each (prefill), where a
     larger tile spreads each weight tile's dequantization over more tokens."""
-    return (16, 32, 64, 128) + ((256,) if tokens * TOP_K >= 128 * experts else ())
+    return (16, 32, 64, 128) + ((256,) if tokens * top_k >= 128 * experts else ())
 
 
 def block_m_variants(values=(16, 32, 64, 128)):
@@ -209,12 +229,12 @@ def _search(table: TableFile, section: str, key: str, tokens: int, start, varian
 
 def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heuristic, variants_for) -> None:
     """Every MoE shape and token count: make_experts(shape) -> the experts' tensors (made on the
-    GPU), run(x, experts, topk_weights, topk_ids, out, config) one call, variants_for(t, e) the
-    knobs to search from heuristic(t, e, h, i, TOP_K)."""
+    GPU), run(x, experts, topk_weights, topk_ids, out, config) one call, variants_for(t, e, k) the
+    knobs to search from heuristic(t, e, h, i, k)."""
     import moe_kernels as mk
 
-    for model, tp, (e, h, i) in [] if args.no_moe else moe_shapes(args.models, args.tps):
-        shape = mk.Shape(f"{model}/tp{tp}", e, h, i, TOP_K)
+    for model, tp, (e, h, i, k) in [] if args.no_moe else moe_shapes(args.models, args.tps):
+        shape = mk.Shape(f"{model}/tp{tp}", e, h, i, k)
         experts = make_experts(shape)
         for t in args.tokens_list:
             if time.time() > deadline:
@@ -222,7 +242,7 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
             x, tw, ids = mk.make_routing(shape, t, DEVICE, seed=t)
             out = torch.empty_like(x)
             measure = lambda c: try_time(lambda: run(x, experts, tw, ids, out, c), t <= GRAPH_MAX_TOKENS)
-            _search(table, "moe", tables.moe_key(e, h, i, TOP_K), t, heuristic(t, e, h, i, TOP_K), variants_for(t, e),
+            _search(table, "moe", tables.moe_key(e, h, i, k), t, heuristic(t, e, h, i, k), variants_for(t, e, k),
                     measure, deadline)  # fmt: skip
         experts = None  # freed before the next shape's are made
         torch.cuda.empty_cache()
@@ -248,9 +268,9 @@ def tune_dense(args, table: TableFile, deadline: float, make_weight, run, heuris
             _search(table, "dense", tables.dense_key(n, k), t, heuristic(t, n, k), variants, measure, deadline)
 
 
-def direct_variants(tokens: int) -> list:
+def direct_variants(tokens: int, top_k: int) -> list:
     """Tiny batches: with or without the MoE's alignment launch."""
-    if tokens * TOP_K > 64:
+    if tokens * top_k > 64:
         return []
     return [("direct", lambda c: [dataclasses.replace(c, direct=v) for v in (False, True)])]
 
@@ -260,7 +280,8 @@ def direct_variants(tokens: int) -> list:
 
 def parse_args(doc: str, fmt: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--models", default="qwen3,minimax")
+    parser.add_argument("--models", default="qwen3,minimax", help="presets (qwen3 and minimax for short) or model "
+                        "directories, comma-separated")
     parser.add_argument("--tp", default="1")
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     parser.add_argument("--dense", action="store_true", help="also tune the dense GEMM (attention projections)")
@@ -268,13 +289,21 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=540.0)
     parser.add_argument("--guess", action="store_true", help="write the heuristic guesses (no GPU needed)")
     parser.add_argument("--gpu", default=None, help="table to write (h100/h200); default: this GPU")
-    parser.add_argument("--out", default=None, help=f"default: src/tenk/kernels/configs/{fmt}_<gpu>.json")
+    parser.add_argument("--out", default=None, help=f"default: {fmt}_<gpu>.json in the first folder of "
+                        f"$TENK_KERNEL_CONFIGS, else src/tenk/kernels/configs/{fmt}_<gpu>.json")
     parser.add_argument("--trials", default=None, help="also write every candidate's time to this JSON")
     args = parser.parse_args()
     args.models = args.models.split(",")
     args.tps = [int(t) for t in args.tp.split(",")]
     args.tokens_list = [int(t) for t in args.tokens.split(",")]
     return args
+
+
+def default_out(gpu: str, fmt: str) -> Path:
+    """Where a tuning run writes: the first folder of $TENK_KERNEL_CONFIGS (which the kernels read
+    before the package's tables), else the package's table itself."""
+    folders = [d for d in os.environ.get("TENK_KERNEL_CONFIGS", "").split(os.pathsep) if d]
+    return Path(folders[0]) / f"{fmt}_{gpu}.json" if folders else tables.table_path(gpu, fmt)
 
 
 def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
@@ -289,8 +318,9 @@ def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
     if not torch.cuda.is_available():
         print(f"tune_{fmt}.py needs a CUDA GPU (or --guess)", file=sys.stderr)
         return 2
-    gpu = args.gpu or tables.gpu_tag() or any_gpu_tag()
-    path = Path(args.out) if args.out else tables.table_path(gpu, fmt)
+    gpu = args.gpu or tables.gpu_tag()
+    path = Path(args.out) if args.out else default_out(gpu, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt, Path(args.trials) if args.trials else None)
     deadline = time.time() + args.budget_s
     tune(args, table, deadline)

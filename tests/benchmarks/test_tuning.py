@@ -58,8 +58,19 @@ def test_gemm_variants_change_one_knob_of_one_gemm():
     assert split.w2.split_k == 4 and dataclasses.replace(split.w2, split_k=cfg.w2.split_k) == cfg.w2
     (bm32,) = [c for c in tuning.block_m_variants()[0][1](cfg) if c.block_m == 32]
     assert bm32.w13.block_m == bm32.w2.block_m == 32  # both GEMMs share the token blocks
-    assert tuning.block_m_values(256, 128) == (16, 32, 64, 128)  # 16 pairs per expert
-    assert tuning.block_m_values(4096, 128)[-1] == 256  # 256 pairs per expert
+    assert tuning.block_m_values(256, 128, 8) == (16, 32, 64, 128)  # 16 pairs per expert
+    assert tuning.block_m_values(4096, 128, 8)[-1] == 256  # 256 pairs per expert
+
+
+def test_shapes_come_from_the_models_configs():
+    """--models takes any preset or model directory: its experts, widths per rank and top-k, its
+    attention projections, and for dense models the MLP too."""
+    assert [s for _, _, s in tuning.moe_shapes(["mixtral-8x7b", "llama-3-8b"], [1, 2])] == [
+        (8, 4096, 14336, 2), (8, 4096, 7168, 2)]  # fmt: skip
+    llama = [s for _, tp, s in tuning.dense_shapes(["llama-3-8b"], [1, 2]) if tp == 2]
+    assert llama == [(16 * 128 + 2 * 4 * 128, 4096), (4096, 2048), (14336, 4096), (4096, 7168)]
+    qwen = [s for _, _, s in tuning.dense_shapes(["qwen3"], [1])]
+    assert qwen == [(5120, 2048), (2048, 4096)]  # 32 + 2 x 4 heads of 128; no MLP (MoE)
 
 
 def test_table_file_keeps_unmeasured_entries(tmp_path):
@@ -113,8 +124,9 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     module = importlib.import_module(f"tune_{fmt}")
     monkeypatch.setattr(tuning, "DEVICE", "cpu")
     h, i = (128, 64) if fmt == "nvfp4" else (256, 128)  # FP8: whole 128 x 128 scale blocks
-    monkeypatch.setattr(tuning, "MOE_MODELS", {"tiny": (8, h, i)})
-    monkeypatch.setattr(tuning, "DENSE", {"tiny": [(h, h)]})
+    tiny = tuning.model_config("tiny-moe")  # 8 experts, top-2, 4 / 2 heads
+    tiny = dataclasses.replace(tiny, hidden_size=h, moe_intermediate_size=i, head_dim=h // 4)
+    monkeypatch.setattr(tuning, "model_config", lambda name: tiny)
     monkeypatch.setattr(tuning, "try_time", lambda fn, graph: _eager_ms(fn))
     # one or two values per knob: the interpreter takes seconds per candidate
     k_step = "block_kq" if fmt == "nvfp4" else "block_k"
@@ -125,15 +137,16 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     block_m_variants = tuning.block_m_variants
     monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
     monkeypatch.setattr(tuning.TableFile, "__init__", _table_init(tmp_path / "table.json", fmt))
-    # 64 tokens: 64 pairs per expert, where the NVFP4 sweep also times the panel kernel
-    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 64], dense=True, no_moe=False)
+    # 256 tokens, top-2 of 8 experts: 64 pairs per expert, where the NVFP4 sweep also times the panel kernel
+    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 256], dense=True, no_moe=False)
     table = tuning.TableFile(None, None, "h100", fmt)
     with triton_interpreter():
         module.tune(args, table, time.time() + 600)
     data = json.loads((tmp_path / "table.json").read_text())
     moe_cls, dense_cls = (fp8.Fp8MoeConfig, fp8.Fp8Config) if fmt == "fp8" else (nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)
-    key = f"e8_h{h}_i{i}_top8"
-    assert set(data["moe"]) == {key} and set(data["moe"][key]) == {"1", "64"} and set(data["dense"]) == {f"{h}x{h}"}
+    key = f"e8_h{h}_i{i}_top2"
+    assert set(data["moe"]) == {key} and set(data["moe"][key]) == {"1", "256"}
+    assert set(data["dense"]) == {f"{2 * h}x{h}", f"{h}x{h}"}  # q|k|v (4 + 2 x 2 heads of h / 4) and o
     for section, cls in (("moe", moe_cls), ("dense", dense_cls)):
         for entries in data[section].values():
             for entry in entries.values():
@@ -141,7 +154,7 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
                 assert 0 < entry["ms"] <= entry["heuristic_ms"]
     assert data["tuned"]
     trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]
-    impls = {t["config"].get("impl", "fused") for t in trials["64"] if t["ms"] is not None}
+    impls = {t["config"].get("impl", "fused") for t in trials["256"] if t["ms"] is not None}
     assert impls == ({"fused", "dequant", "panel"} if fmt == "nvfp4" else {"fused"})
 
 def _eager_ms(fn) -> float:

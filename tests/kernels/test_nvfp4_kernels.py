@@ -6,6 +6,8 @@ over every int16 pattern and every E4M3 scale, and compiled for sm_90 (no spills
 within an H100's). GPU-marked tests run the real thing at model shapes and skip without CUDA.
 """
 
+import json
+import os
 import re
 
 import numpy as np
@@ -328,6 +330,30 @@ def test_config_lookup_and_heuristics():
     assert heuristic_dense(8192, 4096, 4096).impl == "dequant"
     with pytest.raises(ValueError):
         Nvfp4MoeConfig(block_m=32, w13=Nvfp4Config(block_m=16), w2=Nvfp4Config(block_m=32))
+
+
+def test_tables_by_gpu_name_and_from_a_folder_of_ones_own(tmp_path, monkeypatch):
+    """Every GPU has a tag (H100 / H200 families by name, others by their full name), so a table
+    tuned on any GPU is found; $TENK_KERNEL_CONFIGS folders come before the package's tables."""
+    from tenk.kernels.configs import nvfp4 as cfgs
+
+    assert cfgs.device_tag("NVIDIA H100 80GB HBM3") == cfgs.device_tag("NVIDIA H100 NVL") == "h100"
+    assert cfgs.device_tag("NVIDIA GH200 480GB") == "h200"
+    assert cfgs.device_tag("NVIDIA A100-SXM4-80GB") == "nvidia_a100_sxm4_80gb"
+    assert cfgs.find_table("h100") == cfgs.table_path("h100") and cfgs.find_table("nvidia_a10g") is None
+    own = {"moe": {cfgs.moe_key(128, 2048, 768, 8): {"1": heuristic_moe(300, 128, 2048, 768, 8).to_dict()}},
+           "dense": {}}  # fmt: skip
+    for tag in ("nvidia_a10g", "h100"):
+        (tmp_path / f"nvfp4_{tag}.json").write_text(json.dumps(own))
+    monkeypatch.setenv("TENK_KERNEL_CONFIGS", f"{tmp_path / 'missing'}{os.pathsep}{tmp_path}")
+    cfgs.load_table.cache_clear()
+    try:
+        assert cfgs.find_table("h100") == tmp_path / "nvfp4_h100.json"
+        monkeypatch.setattr(cfgs, "gpu_tag", lambda device=None: "nvidia_a10g")
+        assert cfgs.moe_config(1, 128, 2048, 768, 8) == heuristic_moe(300, 128, 2048, 768, 8)  # its own entry
+        assert cfgs.moe_config(1, 128, 2048, 768, 8) != heuristic_moe(1, 128, 2048, 768, 8)
+    finally:
+        cfgs.load_table.cache_clear()  # later tests read the package's tables again
 
 
 # ---------------------------------------------------------------- sm_90 compile (CPU, no GPU needed)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,8 +115,18 @@ def moe_key(e: int, h: int, i: int, top_k: int) -> str:
     return f"e{e}_h{h}_i{i}_top{top_k}"
 
 
+def device_tag(name: str) -> str:
+    """A GPU's table tag: "h100" / "h200" for those families (every H100 / H200 variant, GH200 too),
+    else its name in lower case with "_" for the rest ("nvidia_a100_sxm4_80gb")."""
+    up = name.upper()
+    for tag in ("H200", "H100"):
+        if tag in up:
+            return tag.lower()
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
 def gpu_tag(device=None) -> str | None:
-    """"h100" / "h200" for the GPU of `device` (or the current one), None elsewhere."""
+    """The table tag of the GPU of `device` (or the current one), None off the GPU."""
     import torch
 
     if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
@@ -124,14 +136,10 @@ def gpu_tag(device=None) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _tag_of(index: int) -> str | None:
+def _tag_of(index: int) -> str:
     import torch
 
-    name = torch.cuda.get_device_name(index).upper()
-    for tag in ("H200", "H100"):
-        if tag in name:
-            return tag.lower()
-    return None
+    return device_tag(torch.cuda.get_device_name(index))
 
 
 def table_path(tag: str, fmt: str = "nvfp4") -> Path:
@@ -139,11 +147,25 @@ def table_path(tag: str, fmt: str = "nvfp4") -> Path:
     return _DIR / f"{fmt}_{tag}.json"
 
 
+def find_table(tag: str, fmt: str = "nvfp4") -> Path | None:
+    """The table a run uses: the first `<fmt>_<tag>.json` in the folders of $TENK_KERNEL_CONFIGS
+    (os.pathsep-separated, read when a format's table is first needed: tables tuned on a GPU the
+    package has none for, or kept outside it), else the package's."""
+    folders = [Path(d) for d in os.environ.get("TENK_KERNEL_CONFIGS", "").split(os.pathsep) if d]
+    for folder in (*folders, _DIR):
+        path = folder / f"{fmt}_{tag}.json"
+        if path.exists():
+            return path
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def load_table(tag: str | None, fmt: str = "nvfp4") -> dict:
-    if tag is None or not table_path(tag, fmt).exists():
+    """The table of one format on one GPU, read once (every kernel launch looks configs up)."""
+    path = find_table(tag, fmt) if tag is not None else None
+    if path is None:
         return {"dense": {}, "moe": {}}
-    data = json.loads(table_path(tag, fmt).read_text())
+    data = json.loads(path.read_text())
     return {"dense": data.get("dense", {}), "moe": data.get("moe", {}), "tuned": data.get("tuned", False)}
 
 
