@@ -1,6 +1,6 @@
 """NVFP4 fused MoE against the bf16 torch._grouped_mm MoE, same routing, same run (issue 7).
 
-    python benchmarks/moe_kernels.py [--models qwen3,minimax] [--tokens 1,16,...] [--out DIR]
+    python benchmarks/moe_kernels.py [--models qwen3,minimax] [--tokens 1,16,...] [--breakdown] [--out DIR]
     python benchmarks/moe_kernels.py --smoke   # CPU, Triton interpreter, tiny shapes: proves the script runs
 
 Expert shapes: Qwen3-30B-A3B (E 128, H 2048, I 768) and MiniMax-M2 (E 256, H 3072, I 1536), top-8,
@@ -14,6 +14,9 @@ graph replay up to 256 tokens (decode batches run as graphs in the engine) and e
 both paths alike. Reported per row: bytes the call must read (weights of the experts the batch
 touches + the activations), TB/s and TFLOP/s on them, speedup over bf16, and issue 7's targets on
 an H100: <= 256 tokens >= 75% of 3.0 TB/s and >= 2.5x bf16; >= 4096 tokens >= 50% of 790 TFLOP/s.
+--breakdown adds each NVFP4 kernel's device time per call (align, GEMMs, SiLU reduce, combine:
+which one keeps a row from its target). At 1,024 tokens and above, the other NVFP4 paths are timed
+too, and the align kernel beside its old 512-pairs-per-pass launch.
 Writes moe_kernels_<gpu>.json to $OUT (or benchmarks/results/). Budget: < 3 minutes on an H100.
 """
 
@@ -140,7 +143,8 @@ class Timer:
 # ---------------------------------------------------------------- run
 
 
-def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: list, checks: list) -> None:
+def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: list, checks: list,
+              breakdown_kernels: bool = False) -> None:  # fmt: skip
     from tenk.kernels import moe
     from tenk.kernels.configs.nvfp4 import MOE_IMPLS, moe_config
     from tenk.kernels.nvfp4_moe import ALIGN_MAX_PAIRS, moe_align_block_size_triton, nvfp4_fused_moe
@@ -191,6 +195,8 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
             for name, chunk in (("align_ms", None), ("align_chunk512_ms", 512)):
                 row[name] = timer.best(lambda: moe_align_block_size_triton(ids, shape.experts, cfg.block_m, chunk),
                                        tokens)[0]  # fmt: skip
+        if breakdown_kernels and not timer.smoke:
+            row["nvfp4_kernels_us"] = breakdown(nvfp4)
         if tokens >= 1024 and not timer.smoke:  # the other NVFP4 paths at sizes where any may win
             for other in (i for i in MOE_IMPLS if i != cfg.impl):
                 alt = type(cfg)(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=other)
@@ -198,6 +204,31 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
         row["targets"] = targets(row)
         rows.append(row)
         print(format_row(row), flush=True)
+
+
+def kernel_times_us(events, calls: int) -> dict[str, float]:
+    """Device time per call of each kernel (by name, longest first) from torch.profiler events;
+    other events (CPU ops, memcpys' host side) are left out."""
+    per_name: dict[str, float] = {}
+    for evt in events:
+        if getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        us = evt.device_time if hasattr(evt, "device_time") else evt.cuda_time
+        per_name[evt.name] = per_name.get(evt.name, 0.0) + us / calls
+    return dict(sorted(per_name.items(), key=lambda kv: -kv[1]))
+
+
+def breakdown(fn, calls: int = 5) -> dict[str, float]:
+    """Where one call's device time goes (eager launches: a graph replay hides its kernels' names)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return {k: round(v, 2) for k, v in kernel_times_us(prof.events(), calls).items()}
 
 
 def targets(row: dict) -> dict:
@@ -262,6 +293,8 @@ def main() -> int:
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
+    parser.add_argument("--breakdown", action="store_true", help="also each NVFP4 kernel's device time per call "
+                        "(torch.profiler, eager launches)")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         print("moe_kernels.py needs a CUDA GPU (or --smoke on CPU)", file=sys.stderr)
@@ -275,7 +308,7 @@ def main() -> int:
     with interpreter_if(args.smoke):
         for key in args.models.split(","):
             try:
-                run_shape(key, shapes[key], tokens, timer, device, rows, checks)
+                run_shape(key, shapes[key], tokens, timer, device, rows, checks, args.breakdown)
             except Exception:  # one broken model must not hide the other's numbers
                 errors[key] = traceback.format_exc()
                 print(f"[{key}] FAILED\n{errors[key]}", file=sys.stderr)

@@ -169,3 +169,4 @@ def _table_init(path: Path, fmt: str):
         self.data = {"moe": {}, "dense": {}, "gpu": "h100", "tuned": True}
 
     return init
+
