@@ -15,8 +15,8 @@ both paths alike. Reported per row: bytes the call must read (weights of the exp
 touches + the activations), TB/s and TFLOP/s on them, speedup over bf16, and issue 7's targets on
 an H100: <= 256 tokens >= 75% of 3.0 TB/s and >= 2.5x bf16; >= 4096 tokens >= 50% of 790 TFLOP/s.
 --breakdown adds each NVFP4 kernel's device time per call (align, GEMMs, SiLU reduce, combine:
-which one keeps a row from its target). At 1,024 tokens and above, the other NVFP4 paths are timed
-too, and the align kernel beside its old 512-pairs-per-pass launch.
+which one keeps a row from its target). At 1,024 tokens and above the other NVFP4 paths are timed
+too; every row that aligns its pairs times the align kernel beside its old 512-pairs-per-pass launch.
 Writes moe_kernels_<gpu>.json to $OUT (or benchmarks/results/). Budget: < 3 minutes on an H100.
 """
 
