@@ -25,11 +25,9 @@ batch size.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from tenk.kernels._common import next_pow2
+from tenk.kernels._common import next_pow2, num_sms
 from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
@@ -348,23 +346,14 @@ def expert_block_starts(expert_ids: torch.Tensor, num_experts: int) -> torch.Ten
     return torch.searchsorted(ex, torch.arange(num_experts + 1, device=ex.device, dtype=ex.dtype)).to(torch.int32)
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def panel_programs(device: torch.device, items: int, panel_bytes: int, scratch_bytes: int) -> int:
-    """Persistent programs of the panel kernel: one per SM on a GPU (four on CPU, the interpreter),
-    fewer if their panels would pass `scratch_bytes`, never more than there are items."""
-    if device.type == "cuda":
-        per_device = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    else:
-        per_device = 4
-    return max(1, min(items, per_device, scratch_bytes // panel_bytes))
+    """Persistent programs of the panel kernel: one per SM (num_sms' stand-in on CPU), fewer if
+    their panels would pass `scratch_bytes`, never more than there are items."""
+    return max(1, min(items, num_sms(device), scratch_bytes // panel_bytes))
 
 
-def _panel_gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, num_experts):
-    sorted_ids, expert_ids, _ = align
+def _panel_gemm(a, wq, sq, gs, out, sorted_ids, block_starts, num_pairs, n, topk, gated, a_by_token, cfg,
+                num_experts):  # fmt: skip
     q = wq.shape[2]
     bkq = fit_block_kq(cfg, q)
     rows = (2 if gated else 1) * cfg.block_n
@@ -372,7 +361,7 @@ def _panel_gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token
     programs = panel_programs(a.device, items, rows * 4 * q * a.element_size(), PANEL_SCRATCH_BYTES)
     panel = torch.empty((programs, rows, 4 * q), dtype=a.dtype, device=a.device)
     _nvfp4_moe_panel_kernel[(programs,)](
-        a, wq, sq, gs, out, sorted_ids, expert_block_starts(expert_ids, num_experts), panel,
+        a, wq, sq, gs, out, sorted_ids, block_starts, panel,
         num_pairs, sorted_ids.numel(), num_experts, n, q, a.stride(0), wq.stride(0), wq.stride(1), sq.stride(0),
         sq.stride(1), gs.stride(0), out.stride(-2),
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq,
@@ -486,13 +475,16 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
     k = topk_ids.shape[1]
     P = x.shape[0] * k
     panel = cfg.impl == "panel"
+    block_starts = []  # the panel kernels' per-expert block ranges: one align, computed for both GEMMs
 
     def gemm(first, a, dst, align, split):
         # w1|w3 reads x by token (gated), w2 the activations by pair
         wq, sq, gs, n, gated, c = (w13q, w13s, g13, two_i // 2, True, cfg.w13) if first else \
             (w2q, w2s, g2, x.shape[1], False, cfg.w2)
         if panel:
-            _panel_gemm(a, wq, sq, gs, dst, align, P, n, k, gated, gated, c, E)
+            if not block_starts:
+                block_starts.append(expert_block_starts(align[1], E))
+            _panel_gemm(a, wq, sq, gs, dst, align[0], block_starts[0], P, n, k, gated, gated, c, E)
         else:
             _gemm(a, wq, sq, gs, dst, align, P, n, k, gated, gated, c, split)
 
