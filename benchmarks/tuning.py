@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -302,8 +301,8 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
 def default_out(gpu: str, fmt: str) -> Path:
     """Where a tuning run writes: the first folder of $TENK_KERNEL_CONFIGS (which the kernels read
     before the package's tables), else the package's table itself."""
-    folders = [d for d in os.environ.get("TENK_KERNEL_CONFIGS", "").split(os.pathsep) if d]
-    return Path(folders[0]) / f"{fmt}_{gpu}.json" if folders else tables.table_path(gpu, fmt)
+    folders = tables.user_table_folders()
+    return folders[0] / tables.table_path(gpu, fmt).name if folders else tables.table_path(gpu, fmt)
 
 
 def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:

@@ -280,20 +280,22 @@ def test_tables_are_read_on_their_gpu_and_heuristics_elsewhere(monkeypatch):
     """fp8_<gpu>.json (benchmarks/tune_fp8.py) decides on an H100 / H200; its buckets are the largest
     listed M at or below the batch; shapes it lacks, and the CPU, get the heuristics."""
     from tenk.kernels.configs import fp8 as cfgs
+    from tenk.kernels.configs import nvfp4 as tables  # the table machinery of both formats
 
     assert_shipped_tables_load("fp8", Fp8MoeConfig, Fp8Config)
     tuned = {"dense": {"4096x3072": {"1": Fp8Config(block_n=128, num_stages=5, split_k=8).to_dict(),
                                      "64": {**Fp8Config(block_m=64, num_stages=3).to_dict(), "ms": 0.01}}},
              "moe": {"e256_h3072_i768_top8": {"16": Fp8MoeConfig(block_m=32, w13=Fp8Config(block_m=32, split_k=2),
                                                                   w2=Fp8Config(block_m=32)).to_dict()}}}  # fmt: skip
-    monkeypatch.setattr(cfgs, "load_table", lambda tag, fmt: tuned if (tag, fmt) == ("h100", "fp8") else {"dense": {}, "moe": {}})
-    monkeypatch.setattr(cfgs, "gpu_tag", lambda device=None: "h100")
+    monkeypatch.setattr(tables, "load_table", lambda tag, fmt: tuned if (tag, fmt) == ("h100", "fp8")
+                        else {"dense": {}, "moe": {}})  # fmt: skip
+    monkeypatch.setattr(tables, "gpu_tag", lambda device=None: "h100")
     assert cfgs.dense_config(1, 4096, 3072) == Fp8Config(block_n=128, num_stages=5, split_k=8)
     assert cfgs.dense_config(63, 4096, 3072).num_stages == 5 and cfgs.dense_config(100, 4096, 3072).block_m == 64
     assert cfgs.dense_config(8, 2048, 3072) == cfgs.heuristic_dense(8, 2048, 3072)  # a shape the table lacks
     assert cfgs.moe_config(16, 256, 3072, 768, 8).w13.split_k == 2
     assert cfgs.moe_config(8, 256, 3072, 768, 8).block_m == 32  # below the smallest bucket: the smallest entry
-    monkeypatch.setattr(cfgs, "gpu_tag", lambda device=None: None)
+    monkeypatch.setattr(tables, "gpu_tag", lambda device=None: None)
     assert cfgs.dense_config(1, 4096, 3072) == cfgs.heuristic_dense(1, 4096, 3072)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from tenk.kernels.configs.nvfp4 import check_launch, dense_key, gpu_tag, load_table, moe_key, pick_entry
+from tenk.kernels.configs.nvfp4 import check_launch, dense_key, moe_key, table_entry
 
 NUM_SMS_GUESS = 132  # H100 SXM; only sizes split-K
 DIRECT_MAX_PAIRS = 16  # (token, expert) pairs up to which the MoE skips the alignment launch
@@ -149,10 +149,10 @@ def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Fp8MoeConfig:
 
 
 def dense_config(m: int, n: int, k: int, device=None) -> Fp8Config:
-    entry = pick_entry(load_table(gpu_tag(device), "fp8")["dense"].get(dense_key(n, k), {}), m)
+    entry = table_entry(device, "fp8", "dense", dense_key(n, k), m)
     return Fp8Config.from_dict(entry) if entry else heuristic_dense(m, n, k)
 
 
 def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Fp8MoeConfig:
-    entry = pick_entry(load_table(gpu_tag(device), "fp8")["moe"].get(moe_key(e, h, i, top_k), {}), t)
+    entry = table_entry(device, "fp8", "moe", moe_key(e, h, i, top_k), t)
     return Fp8MoeConfig.from_dict(entry) if entry else heuristic_moe(t, e, h, i, top_k)

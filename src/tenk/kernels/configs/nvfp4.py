@@ -147,13 +147,16 @@ def table_path(tag: str, fmt: str = "nvfp4") -> Path:
     return _DIR / f"{fmt}_{tag}.json"
 
 
+def user_table_folders() -> list[Path]:
+    """The folders of $TENK_KERNEL_CONFIGS (os.pathsep-separated): tables tuned on a GPU the package
+    has none for, or kept outside it. They come before the package's, and the tuners write there."""
+    return [Path(d) for d in os.environ.get("TENK_KERNEL_CONFIGS", "").split(os.pathsep) if d]
+
+
 def find_table(tag: str, fmt: str = "nvfp4") -> Path | None:
-    """The table a run uses: the first `<fmt>_<tag>.json` in the folders of $TENK_KERNEL_CONFIGS
-    (os.pathsep-separated, read when a format's table is first needed: tables tuned on a GPU the
-    package has none for, or kept outside it), else the package's."""
-    folders = [Path(d) for d in os.environ.get("TENK_KERNEL_CONFIGS", "").split(os.pathsep) if d]
-    for folder in (*folders, _DIR):
-        path = folder / f"{fmt}_{tag}.json"
+    """The table a run uses (looked for when a format's table is first needed): the first
+    `<fmt>_<tag>.json` in user_table_folders(), else the package's."""
+    for path in (*(folder / table_path(tag, fmt).name for folder in user_table_folders()), table_path(tag, fmt)):
         if path.exists():
             return path
     return None
@@ -167,6 +170,12 @@ def load_table(tag: str | None, fmt: str = "nvfp4") -> dict:
         return {"dense": {}, "moe": {}}
     data = json.loads(path.read_text())
     return {"dense": data.get("dense", {}), "moe": data.get("moe", {}), "tuned": data.get("tuned", False)}
+
+
+def table_entry(device, fmt: str, section: str, key: str, m: int) -> dict | None:
+    """The `section` ("dense" / "moe") entry for shape `key` and m tokens in the table of `device`'s
+    GPU, or None (no table, shape or GPU: the caller's heuristics decide)."""
+    return pick_entry(load_table(gpu_tag(device), fmt)[section].get(key, {}), m)
 
 
 def pick_entry(entries: dict, m: int):
@@ -228,10 +237,10 @@ def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
 
 
 def dense_config(m: int, n: int, k: int, device=None) -> Nvfp4Config:
-    entry = pick_entry(load_table(gpu_tag(device))["dense"].get(dense_key(n, k), {}), m)
+    entry = table_entry(device, "nvfp4", "dense", dense_key(n, k), m)
     return Nvfp4Config.from_dict(entry) if entry else heuristic_dense(m, n, k)
 
 
 def moe_config(t: int, e: int, h: int, i: int, top_k: int, device=None) -> Nvfp4MoeConfig:
-    entry = pick_entry(load_table(gpu_tag(device))["moe"].get(moe_key(e, h, i, top_k), {}), t)
+    entry = table_entry(device, "nvfp4", "moe", moe_key(e, h, i, top_k), t)
     return Nvfp4MoeConfig.from_dict(entry) if entry else heuristic_moe(t, e, h, i, top_k)
