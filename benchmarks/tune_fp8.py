@@ -45,7 +45,8 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
     def experts(shape):
         g = torch.Generator(device=tuning.DEVICE).manual_seed(shape.experts + shape.hidden + shape.inter)
         e, h, i = shape.experts, shape.hidden, shape.inter
-        return (*random_fp8(e, 2 * i, h, "block", BLOCK, g, tuning.DEVICE), *random_fp8(e, h, i, "block", BLOCK, g, tuning.DEVICE))
+        w13 = random_fp8(e, 2 * i, h, "block", BLOCK, g, tuning.DEVICE)
+        return (*w13, *random_fp8(e, h, i, "block", BLOCK, g, tuning.DEVICE))
 
     def dense_weight(n, k, g):
         q, s = random_fp8(1, n, k, "block", BLOCK, g, tuning.DEVICE)

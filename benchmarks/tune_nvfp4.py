@@ -63,7 +63,7 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
                     lambda x, w, tw, ids, out, c: nvfp4_fused_moe(x, *w, tw, ids, out=out, config=c),
                     cfgs.heuristic_moe, moe_variants)  # fmt: skip
     tuning.tune_dense(args, table, deadline, dense_weight,
-                      lambda x, w, out, c: ng.nvfp4_gemm(x, *w[:2], w[2], None, config=c, out=out),
+                      lambda x, w, out, c: ng.nvfp4_gemm(x, *w, None, config=c, out=out),
                       cfgs.heuristic_dense, GEMM_KNOBS, cfgs.IMPLS)  # fmt: skip
 
 

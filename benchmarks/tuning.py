@@ -26,12 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from moe_kernels import GRAPH_MAX_TOKENS  # noqa: E402, F401  (decode-sized batches: timed as CUDA graphs)
+from moe_kernels import GRAPH_MAX_TOKENS  # noqa: E402  (decode-sized batches: timed as CUDA graphs)
 
 from tenk.kernels.configs import nvfp4 as tables  # noqa: E402  (the table machinery of both formats)
 
 ALIASES = {"qwen3": "qwen3-30b-a3b", "minimax": "minimax-m2"}  # the benchmarks' short names
 TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)  # benchmarks/moe_kernels.py's sizes; --tokens for more buckets
+BLOCK_M_VALUES = (16, 32, 64, 128)  # token tiles the sweeps time
 DEVICE = "cuda"  # tests run the sweeps on CPU (the Triton interpreter) with tiny shapes
 DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
@@ -69,7 +70,8 @@ def dense_shapes(models, tps):
             q = mc.num_heads // tp * mc.head_dim
             shapes = [(q + 2 * kv, mc.hidden_size), (mc.hidden_size, q)]
             if not mc.is_moe:
-                shapes += [(2 * mc.intermediate_size // tp, mc.hidden_size), (mc.hidden_size, mc.intermediate_size // tp)]
+                inter = mc.intermediate_size // tp
+                shapes += [(2 * inter, mc.hidden_size), (mc.hidden_size, inter)]
             for shape in shapes:
                 if shape[1] % 64 == 0 and shape not in seen:
                     seen.add(shape)
@@ -202,10 +204,10 @@ def gemm_variants(field: str, knobs: dict):
 def block_m_values(tokens: int, experts: int, top_k: int) -> tuple[int, ...]:
     """Token tiles worth timing: 256 only where experts get hundreds of pairs each (prefill), where a
     larger tile spreads each weight tile's dequantization over more tokens."""
-    return (16, 32, 64, 128) + ((256,) if tokens * top_k >= 128 * experts else ())
+    return BLOCK_M_VALUES + ((256,) if tokens * top_k >= 128 * experts else ())
 
 
-def block_m_variants(values=(16, 32, 64, 128)):
+def block_m_variants(values=BLOCK_M_VALUES):
     """The MoE's token tile, shared by both GEMMs."""
 
     def make(c):
@@ -261,7 +263,7 @@ def tune_dense(args, table: TableFile, deadline: float, make_weight, run, heuris
             x = torch.randn(t, k, generator=g, device=DEVICE).to(DTYPE[DEVICE])
             out = torch.empty(t, n, device=DEVICE, dtype=x.dtype)
             measure = lambda c: try_time(lambda: run(x, weight, out, c), t <= GRAPH_MAX_TOKENS)
-            variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in (16, 32, 64, 128)])]
+            variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in BLOCK_M_VALUES])]
             variants += gemm_variants("", knobs)
             variants.append(("impl", lambda c: [dataclasses.replace(c, impl=v) for v in impls]))
             _search(table, "dense", tables.dense_key(n, k), t, heuristic(t, n, k), variants, measure, deadline)
@@ -287,7 +289,7 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
     parser.add_argument("--no-moe", action="store_true", help="skip the MoE shapes")
     parser.add_argument("--budget-s", type=float, default=540.0)
     parser.add_argument("--guess", action="store_true", help="write the heuristic guesses (no GPU needed)")
-    parser.add_argument("--gpu", default=None, help="table to write (h100/h200); default: this GPU")
+    parser.add_argument("--gpu", default=None, help="the table's GPU tag (h100, h200, ...); default: this GPU's")
     parser.add_argument("--out", default=None, help=f"default: {fmt}_<gpu>.json in the first folder of "
                         f"$TENK_KERNEL_CONFIGS, else src/tenk/kernels/configs/{fmt}_<gpu>.json")
     parser.add_argument("--trials", default=None, help="also write every candidate's time to this JSON")
