@@ -208,14 +208,11 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
 
 def kernel_times_us(events, calls: int) -> dict[str, float]:
     """Device time per call of each kernel (by name, longest first) from torch.profiler events;
-    other events (CPU ops, memcpys' host side) are left out."""
-    per_name: dict[str, float] = {}
-    for evt in events:
-        if getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        us = evt.device_time if hasattr(evt, "device_time") else evt.cuda_time
-        per_name[evt.name] = per_name.get(evt.name, 0.0) + us / calls
-    return dict(sorted(per_name.items(), key=lambda kv: -kv[1]))
+    host-side events are left out."""
+    from step_profile import device_kernels
+
+    kernels = device_kernels(events)
+    return {name: us / calls for name, (us, _) in sorted(kernels.items(), key=lambda kv: -kv[1][0])}
 
 
 def breakdown(fn, calls: int = 5) -> dict[str, float]:

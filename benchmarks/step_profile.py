@@ -102,22 +102,29 @@ class HostTimer:
         return out
 
 
+def device_kernels(events) -> dict[str, list]:
+    """Each device kernel's total time (us) and launch count, by name, from torch.profiler events
+    (host-side events left out). benchmarks/moe_kernels.py --breakdown reads its profiles with it too."""
+    by_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    for evt in events:
+        if getattr(evt, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        rec = by_kernel[evt.name]
+        rec[0] += evt.device_time if hasattr(evt, "device_time") else evt.cuda_time
+        rec[1] += 1
+    return dict(by_kernel)
+
+
 def profile(engine, n: int) -> tuple[dict, list]:
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         decode_steps(engine, n)
     by_cat: dict[str, float] = defaultdict(float)
-    by_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        us = evt.device_time if hasattr(evt, "device_time") else evt.cuda_time
-        by_cat[category(evt.name)] += us / 1000.0 / n
-        rec = by_kernel[evt.name]
-        rec[0] += us / 1000.0 / n
-        rec[1] += 1
-    top = sorted(([k, v[0], v[1] // n] for k, v in by_kernel.items()), key=lambda r: -r[1])[:30]
+    kernels = device_kernels(prof.events())
+    for name, (us, _) in kernels.items():
+        by_cat[category(name)] += us / 1000.0 / n
+    top = sorted(([k, us / 1000.0 / n, count // n] for k, (us, count) in kernels.items()), key=lambda r: -r[1])[:30]
     return dict(by_cat), top
 
 
