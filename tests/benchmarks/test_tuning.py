@@ -136,10 +136,9 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
         monkeypatch.setattr(module, "PANEL_KNOBS", {"tile": [(64, 4)]})
     block_m_variants = tuning.block_m_variants
     monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
-    monkeypatch.setattr(tuning.TableFile, "__init__", _table_init(tmp_path / "table.json", fmt))
     # 256 tokens, top-2 of 8 experts: 64 pairs per expert, where the NVFP4 sweep also times the panel kernel
     args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 256], dense=True, no_moe=False)
-    table = tuning.TableFile(None, None, "h100", fmt)
+    table = tuning.TableFile(tmp_path / "table.json", tmp_path / "none.json", "h100", fmt, tmp_path / "trials.json")
     with triton_interpreter():
         module.tune(args, table, time.time() + 600)
     data = json.loads((tmp_path / "table.json").read_text())
@@ -161,12 +160,4 @@ def _eager_ms(fn) -> float:
     t = time.perf_counter()
     fn()
     return (time.perf_counter() - t) * 1e3
-
-
-def _table_init(path: Path, fmt: str):
-    def init(self, *_args):
-        self.path, self.trials_path, self.trials = path, path.parent / "trials.json", {}
-        self.data = {"moe": {}, "dense": {}, "gpu": "h100", "tuned": True}
-
-    return init
 
