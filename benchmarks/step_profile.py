@@ -42,6 +42,9 @@ CATEGORIES = (
 )
 
 
+MAX_BATCHED_TOKENS = 8192
+
+
 def category(name: str) -> str:
     low = name.lower()
     for cat, frags in CATEGORIES:
@@ -115,17 +118,38 @@ def device_kernels(events) -> dict[str, list]:
     return dict(by_kernel)
 
 
-def profile(engine, n: int) -> tuple[dict, list]:
+def decode_budget(args, batch: int) -> int:
+    """max_tokens that keeps every sequence running through the measured steps: while later prompts
+    are still prefilling (MAX_BATCHED_TOKENS per step), earlier ones already decode one token per
+    step (a budget too small made sequences finish mid-measurement, mixing batch sizes)."""
+    prefill_steps = -(-batch * args.context // MAX_BATCHED_TOKENS)
+    return prefill_steps + 3 + args.steps + args.profile_steps + 8
+
+
+def alloc_retries() -> int:
+    """The caching allocator's failed cudaMallocs so far: each one frees the cache, which
+    synchronizes the device (a step that does so loses its overlap with the host)."""
+    return torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
+
+
+def profile(engine, n: int, trace: Path | None = None) -> tuple[dict, list, list]:
+    """(device ms per step by category, top device kernels, top host ops by self time): the host
+    list names what the CPU does between launches (a synchronizing CUDA call, a pinned-memory
+    allocation) when the device idles."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         decode_steps(engine, n)
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
     by_cat: dict[str, float] = defaultdict(float)
     kernels = device_kernels(prof.events())
     for name, (us, _) in kernels.items():
         by_cat[category(name)] += us / 1000.0 / n
     top = sorted(([k, us / 1000.0 / n, count // n] for k, (us, count) in kernels.items()), key=lambda r: -r[1])[:30]
-    return dict(by_cat), top
+    host = sorted(([a.key, a.self_cpu_time_total / 1000.0 / n, a.count / n] for a in prof.key_averages()
+                   if a.self_cpu_time_total > 0), key=lambda r: -r[1])[:15]  # fmt: skip
+    return dict(by_cat), top, host
 
 
 def main() -> int:
@@ -139,6 +163,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--profile-steps", type=int, default=5)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--trace", action="store_true", help="also write the profiled steps' Chrome trace per batch")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     args = ap.parse_args()
@@ -154,8 +179,8 @@ def main() -> int:
     t0 = time.perf_counter()
     engine = LLMEngine(EngineConfig(
         str(model_dir), load_format="dummy", quantization=args.quantization, max_num_seqs=max(batches),
-        max_model_len=args.context + args.steps + args.profile_steps + 64, enable_prefix_caching=False,
-        max_num_batched_tokens=8192, enforce_eager=args.enforce_eager,
+        max_model_len=args.context + decode_budget(args, max(batches)) + 16, enable_prefix_caching=False,
+        max_num_batched_tokens=MAX_BATCHED_TOKENS, enforce_eager=args.enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization, **extra,
     ))
     startup = time.perf_counter() - t0
@@ -165,7 +190,7 @@ def main() -> int:
               "kv_cache_dtype": args.kv_cache_dtype, "context": args.context, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "startup_s": startup, "enforce_eager": args.enforce_eager, "batches": []}
     for b in batches:
-        params = SamplingParams(max_tokens=args.steps + args.profile_steps + 16, ignore_eos=True, temperature=0.0)
+        params = SamplingParams(max_tokens=decode_budget(args, b), ignore_eos=True, temperature=0.0)
         for i in range(b):
             prompt = torch.randint(10, vocab, (args.context,), generator=g).tolist()
             engine.add_request(f"b{b}-{i}", prompt, params)
@@ -174,19 +199,29 @@ def main() -> int:
         for _ in range(3):
             engine.step(finished_only=True)
         running = len(engine.scheduler.running)
+        retries = alloc_retries()
         with HostTimer(engine) as host:
             step_s = decode_steps(engine, args.steps)
-        cats, top = profile(engine, args.profile_steps)
+        retries = alloc_retries() - retries
+        trace = Path(args.out) / f"trace_{args.preset}_b{b}.json" if args.trace else None
+        if trace is not None:
+            trace.parent.mkdir(parents=True, exist_ok=True)
+        cats, top, host_top = profile(engine, args.profile_steps, trace)
+        if len(engine.scheduler.running) != running:
+            raise RuntimeError(f"B={b}: {running - len(engine.scheduler.running)} sequences left during the "
+                               "measured steps (their numbers would mix batch sizes)")
         busy = sum(cats.values())
         row = {"batch": b, "running": running, "step_ms": step_s * 1000, "tok_s_decode": running / step_s,
                "device_busy_ms": busy, "host_gap_ms": step_s * 1000 - busy, "host_ms": host.per_step_ms(args.steps),
-               "categories_ms": cats, "top_kernels": top}
+               "alloc_retries_per_step": retries / args.steps,
+               "categories_ms": cats, "top_kernels": top, "top_host_ops": host_top}
         result["batches"].append(row)
         print(f"B={b} running={running} step {step_s * 1000:.2f} ms ({running / step_s:.0f} tok/s decode) "
               f"busy {busy:.2f} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))
-              + "; host " + ", ".join(f"{k} {v:.2f}" for k, v in row["host_ms"].items()), flush=True)
-        while engine.has_unfinished_requests():
-            engine.step(finished_only=True)
+              + "; host " + ", ".join(f"{k} {v:.2f}" for k, v in row["host_ms"].items())
+              + f"; alloc retries/step {row['alloc_retries_per_step']:.2f}"
+              + "; host ops " + ", ".join(f"{k} {v:.2f}" for k, v, _ in host_top[:6]), flush=True)
+        engine.abort_request(list(engine.requests))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_profile_{args.preset}_{args.quantization}_{args.kv_cache_dtype}.json"

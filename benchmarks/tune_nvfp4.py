@@ -7,8 +7,7 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
 
 Knobs (coordinate descent, benchmarks/tuning.py): block_m; then per GEMM block_n with its warps,
 block_kq, num_stages, split_k; for tiny batches "direct" (no alignment launch); then the impl,
-fused or dequant, and for prefill-sized batches panel; a winning panel has its tiles and block_m
-timed again as a panel.
+fused or dequant.
 """
 
 from __future__ import annotations
@@ -22,30 +21,19 @@ import tuning
 from tenk.kernels.configs import nvfp4 as cfgs
 
 GEMM_KNOBS = {
-    "tile": [(64, 4), (128, 4), (128, 8)],  # (block_n, num_warps)
+    # (block_n, num_warps); 32-row tiles are below a wgmma's 64 and compile to mma.sync
+    "tile": [(32, 2), (64, 4), (128, 4), (128, 8)],
     "block_kq": [16, 32, 64],
-    "num_stages": [3, 4],
+    "num_stages": [2, 3, 4, 5],
     "split_k": [1, 2, 4, 8],
+    "group_m": [1, 8, 32],  # token blocks that share a weight tile while it is in L2
 }
-PANEL_KNOBS = {k: v for k, v in GEMM_KNOBS.items() if k != "split_k"}  # the panel kernel does not split K
 IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
-# The MoE's impls; "panel" (dequantize each weight tile once, then plain GEMMs) only where experts
-# get tens of pairs each (it runs on aligned token blocks: direct off).
-MOE_IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v, direct=c.direct and v != "panel")
-                               for v in cfgs.MOE_IMPLS])  # fmt: skip
 
 
 def moe_variants(t: int, e: int, k: int) -> list:
-    values = tuning.block_m_values(t, e, k)
-    variants = tuning.block_m_variants(values) + tuning.gemm_variants("w13", GEMM_KNOBS)
-    variants += tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k)
-    if t * k < 64 * e:
-        return variants + [IMPL]
-    # prefill: the panel kernel too, and a winning panel gets its tiles timed again as a panel
-    panel_knobs = tuning.block_m_variants(values) + tuning.gemm_variants("w13", PANEL_KNOBS)
-    panel_knobs += tuning.gemm_variants("w2", PANEL_KNOBS)
-    return variants + [MOE_IMPL] + [(f"panel.{name}", lambda c, make=make: make(c) if c.impl == "panel" else [])
-                                    for name, make in panel_knobs]  # fmt: skip
+    variants = tuning.block_m_variants(tuning.block_m_values(t, e, k)) + tuning.gemm_variants("w13", GEMM_KNOBS)
+    return variants + tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k) + [IMPL]
 
 
 def tune(args, table: tuning.TableFile, deadline: float) -> None:

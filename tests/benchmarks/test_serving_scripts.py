@@ -84,10 +84,12 @@ def test_step_profile_and_roofline(tmp_path):
           "--profile-steps", "1", "--out", str(tmp_path)])
     prof = tmp_path / "step_profile_tiny-moe_none_auto.json"
     row = json.loads(prof.read_text())["batches"][0]
-    assert row["running"] == 4 and row["step_ms"] > 0
+    assert row["running"] == 4 and row["step_ms"] > 0 and row["alloc_retries_per_step"] == 0
     host = row["host_ms"]  # on CPU the launch runs the forward itself: most of the step
     assert set(host) == {"schedule", "launch", "wait", "process"} and all(v >= 0 for v in host.values())
     assert host["launch"] > host["schedule"] and sum(host.values()) <= row["step_ms"] * 1.05
+    ops = row["top_host_ops"]  # the CPU forward's own ops, by self time
+    assert ops and all(ms > 0 and n > 0 for _, ms, n in ops) and any(name.startswith("aten::") for name, _, _ in ops)
     out = _run([str(BENCH / "roofline.py"), str(prof), "--out", str(tmp_path / "roof.json")])
     roof = json.loads((tmp_path / "roof.json").read_text())["batches"][0]
     assert roof["bytes"]["total"] == sum(v for k, v in roof["bytes"].items() if k != "total")

@@ -132,11 +132,9 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     k_step = "block_kq" if fmt == "nvfp4" else "block_k"
     monkeypatch.setattr(module, "GEMM_KNOBS", {"tile": [(64, 4)], k_step: [16 if fmt == "nvfp4" else 64],
                                                "split_k": [1, 2]})  # fmt: skip
-    if fmt == "nvfp4":
-        monkeypatch.setattr(module, "PANEL_KNOBS", {"tile": [(64, 4)]})
     block_m_variants = tuning.block_m_variants
     monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
-    # 256 tokens, top-2 of 8 experts: 64 pairs per expert, where the NVFP4 sweep also times the panel kernel
+    # 256 tokens, top-2 of 8 experts: 64 pairs per expert
     args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 256], dense=True, no_moe=False)
     table = tuning.TableFile(tmp_path / "table.json", tmp_path / "none.json", "h100", fmt, tmp_path / "trials.json")
     with triton_interpreter():
@@ -154,7 +152,7 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     assert data["tuned"]
     trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]
     impls = {t["config"].get("impl", "fused") for t in trials["256"] if t["ms"] is not None}
-    assert impls == ({"fused", "dequant", "panel"} if fmt == "nvfp4" else {"fused"})
+    assert impls == ({"fused", "dequant"} if fmt == "nvfp4" else {"fused"})
 
 def _eager_ms(fn) -> float:
     t = time.perf_counter()

@@ -316,8 +316,10 @@ def _split_reduce_kernel(part_ptr, bias_ptr, out_ptr, numel, N, s_ps, SPLIT_K: t
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
     acc = tl.zeros([BLOCK], tl.float32)
+    part = part_ptr + offs  # stepped split by split: s * s_ps can pass int32
     for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * s_ps + offs, mask=ok, other=0.0)
+        acc += tl.load(part, mask=ok, other=0.0)
+        part += s_ps
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)

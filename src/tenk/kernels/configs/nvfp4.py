@@ -22,9 +22,6 @@ from pathlib import Path
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 NUM_SMS_GUESS = 132  # H100 SXM; only used to size split-K when no table entry exists
 IMPLS = ("fused", "dequant")
-# The MoE also has "panel": each (expert, row tile) dequantized once, then all its tokens as a plain
-# GEMM (tenk.kernels.nvfp4_moe._nvfp4_moe_panel_kernel); for hundreds of tokens per expert.
-MOE_IMPLS = (*IMPLS, "panel")
 _DIR = Path(__file__).parent
 
 
@@ -69,8 +66,7 @@ class Nvfp4Config:
 @dataclass(frozen=True)
 class Nvfp4MoeConfig:
     """The two grouped GEMMs of one fused-MoE call. They share the token blocks (block_m) of one
-    moe_align_block_size; impl "dequant" runs the bf16 grouped-GEMM MoE on dequantized experts,
-    "panel" the weight-panel kernel (its GEMMs' split_k and group_m are unused, direct must be off)."""
+    moe_align_block_size; impl "dequant" runs the bf16 grouped-GEMM MoE on dequantized experts."""
 
     block_m: int = 16
     w13: Nvfp4Config = field(default_factory=Nvfp4Config)
@@ -79,10 +75,8 @@ class Nvfp4MoeConfig:
     direct: bool = False  # tiny batches: one token block per (token, expert) pair, no alignment launch
 
     def __post_init__(self):
-        if self.impl not in MOE_IMPLS:
-            raise ValueError(f"unknown NVFP4 MoE impl {self.impl!r} (choose from {MOE_IMPLS})")
-        if self.impl == "panel" and self.direct:
-            raise ValueError("the panel MoE runs on aligned token blocks: direct must be off")
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown NVFP4 MoE impl {self.impl!r} (choose from {IMPLS})")
         for cfg in (self.w13, self.w2):
             if cfg.block_m != self.block_m:
                 raise ValueError(f"both MoE GEMMs must use block_m={self.block_m}, got {cfg.block_m}")
