@@ -55,6 +55,17 @@ def test_kernel_format_math_matches_quant(scheme):
     assert torch.equal(fg.dequantize_weight(q, s, scheme, sizes, torch.bfloat16, block), want.bfloat16())
 
 
+@pytest.mark.parametrize("scheme", ["block", "tensor", "channel"])
+def test_one_pass_dequantization_is_exact(interpret, scheme):
+    """The dense "dequant" impl's Triton pass gives dequantize_weight's values bit for bit
+    (partial scale blocks along both dimensions, ragged tiles, three per-tensor shards)."""
+    block = (32, 64)
+    q, s, sizes = _dense_case(scheme, 80, 200, 3, shards=[32, 32, 16], block=block)
+    for dtype in (torch.float32, torch.bfloat16):
+        want = fg.dequantize_weight(q, s, scheme, sizes, dtype, block)
+        assert torch.equal(fg.dequantize_weight_triton(q, s, scheme, sizes, dtype, block), want)
+
+
 def test_expert_dequantization_matches_quant_per_expert():
     g = torch.Generator().manual_seed(1)
     w13 = torch.randn(3, 128, 64, generator=g)

@@ -223,8 +223,14 @@ def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
     split13 = _split_for(blocks * -(-i // bn), (h // 4) // bkq13) if bm <= 32 else 1
     split2 = _split_for(blocks * -(-h // bn), (i // 4) // bkq2) if bm <= 32 else 1
     common = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
-    return Nvfp4MoeConfig(block_m=bm, w13=Nvfp4Config(block_kq=bkq13, split_k=split13, **common),
-                          w2=Nvfp4Config(block_kq=bkq2, split_k=split2, **common), direct=t * top_k <= DIRECT_MAX_PAIRS)
+    direct = t * top_k <= DIRECT_MAX_PAIRS
+    w13 = Nvfp4Config(block_kq=bkq13, split_k=split13, **common)
+    if bm == 16 and not direct:
+        # Measured on an H100 for every Qwen3-30B-A3B and MiniMax-M2 expert shard at TP=1 and 2 from
+        # 16 to 1,024 tokens: 32-row w1|w3 tiles on 2 warps (mma.sync, no split) beat the 64-row
+        # wgmma tiles by 10-25% (a register-fed wgmma waits at once; more, smaller CTAs hide it).
+        w13 = Nvfp4Config(block_m=bm, block_n=32, block_kq=kq(h, 64), split_k=1, num_warps=2, num_stages=3)
+    return Nvfp4MoeConfig(block_m=bm, w13=w13, w2=Nvfp4Config(block_kq=bkq2, split_k=split2, **common), direct=direct)
 
 
 # ---------------------------------------------------------------- lookups
