@@ -82,19 +82,33 @@ def dense_shapes(models, tps):
 
 
 def write_guesses(path: Path, gpu: str, fmt: str, heuristic_moe, heuristic_dense, models, tps) -> None:
-    """The heuristics' configs for every tuned shape and bucket ("tuned": false): what a GPU-less
-    checkout ships until a GPU run replaces them."""
-    table = {"gpu": gpu, "tuned": False,
-             "note": f"heuristic guesses written without a GPU (tenk.kernels.configs.{fmt}.heuristic_*); rerun "
-                     f"benchmarks/tune_{fmt}.py on this GPU to replace them with measured configs",
-             "moe": {}, "dense": {}}  # fmt: skip
+    """The heuristics' configs for every tuned shape and bucket: what a GPU-less checkout ships until
+    a GPU run replaces them. A table already at `path` keeps its measured entries (those with "ms");
+    its other entries are rewritten, so they follow the heuristics as those change (a stale guess
+    would win the lookup over the current heuristic)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    measured = lambda section, key, t: old.get(section, {}).get(key, {}).get(str(t), {})
+    table = {"gpu": gpu, "moe": {}, "dense": {}}
     for _, _, (e, h, i, k) in moe_shapes(models, tps):
-        table["moe"][tables.moe_key(e, h, i, k)] = {
-            str(t): heuristic_moe(t, e, h, i, k).to_dict() for t in tables.M_BUCKETS}
+        key = tables.moe_key(e, h, i, k)
+        table["moe"][key] = {str(t): measured("moe", key, t) if "ms" in measured("moe", key, t)
+                             else heuristic_moe(t, e, h, i, k).to_dict() for t in tables.M_BUCKETS}  # fmt: skip
     for _, _, (n, k) in dense_shapes(models, tps):
-        table["dense"][tables.dense_key(n, k)] = {str(t): heuristic_dense(t, n, k).to_dict() for t in tables.M_BUCKETS}
+        key = tables.dense_key(n, k)
+        table["dense"][key] = {str(t): measured("dense", key, t) if "ms" in measured("dense", key, t)
+                               else heuristic_dense(t, n, k).to_dict() for t in tables.M_BUCKETS}  # fmt: skip
+    entries = [v for sec in ("moe", "dense") for shapes in table[sec].values() for v in shapes.values()]
+    kept = sum("ms" in v for v in entries)
+    table["tuned"] = kept == len(entries)
+    if kept:
+        table["device"] = old.get("device")
+        table["note"] = (f"entries with an \"ms\" field were measured by benchmarks/tune_{fmt}.py (the winner's time; "
+                         "heuristic_ms: the heuristic config's, same run); the others are the heuristic guesses")
+    else:
+        table["note"] = (f"heuristic guesses written without a GPU (tenk.kernels.configs.{fmt}.heuristic_*); rerun "
+                         f"benchmarks/tune_{fmt}.py on this GPU to replace them with measured configs")
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" ({kept} measured entries kept)" if kept else ""))
 
 
 class TableFile:

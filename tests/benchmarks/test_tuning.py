@@ -109,6 +109,15 @@ def test_guess_tables_cover_the_shipped_shapes(tmp_path, script, fmt, moe_cls, d
         for entry in entries.values():
             dense_cls.from_dict(entry)
     assert Path(out).read_text().endswith("\n")
+    # rewriting over a table keeps its measured entries and refreshes the guesses
+    key = sorted(guess["moe"])[0]
+    guess["moe"][key]["16"] = {**guess["moe"][key]["16"], "ms": 0.1, "heuristic_ms": 0.2}
+    guess["moe"][key]["64"]["w13"]["num_stages"] = 7  # a stale guess
+    out.write_text(json.dumps(guess))
+    _run([str(BENCH / script), "--guess", "--gpu", "h100", "--out", str(out)], timeout=120)
+    again = json.loads(out.read_text())
+    assert again["moe"][key]["16"]["ms"] == 0.1 and again["moe"][key]["64"]["w13"]["num_stages"] != 7
+    assert not again["tuned"] and "measured" in again["note"]
 
 
 @pytest.mark.slow
