@@ -19,7 +19,7 @@ the experts to bf16 once per call, in chunks of at most `scratch_bytes`, and run
 torch._grouped_mm MoE. The launch config (tenk.kernels.configs.nvfp4) picks the path by batch
 size.
 (A third path, dequantizing each expert tile once into a scratch panel and then running plain
-GEMMs over it, measured 1.4x to 2x slower than the fused kernel at 1,024 to 16,384 tokens on an
+GEMMs over it, measured 1.6x to 5.4x slower than the fused kernel at 1,024 to 16,384 tokens on an
 H100: Triton's wgmma waits for each MMA whose operand was produced in registers, so the
 dequantization never overlaps the tensor cores; it was removed.)
 `nvfp4_fused_moe_ref` (dequantize + fused_moe_ref) has the same signature.
