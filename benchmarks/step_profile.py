@@ -189,6 +189,8 @@ def main() -> int:
     result = {"benchmark": "step_profile", "preset": args.preset, "quantization": args.quantization,
               "kv_cache_dtype": args.kv_cache_dtype, "context": args.context, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "startup_s": startup, "enforce_eager": args.enforce_eager, "batches": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for b in batches:
         params = SamplingParams(max_tokens=decode_budget(args, b), ignore_eos=True, temperature=0.0)
         for i in range(b):
@@ -203,9 +205,7 @@ def main() -> int:
         with HostTimer(engine) as host:
             step_s = decode_steps(engine, args.steps)
         retries = alloc_retries() - retries
-        trace = Path(args.out) / f"trace_{args.preset}_b{b}.json" if args.trace else None
-        if trace is not None:
-            trace.parent.mkdir(parents=True, exist_ok=True)
+        trace = out / f"trace_{args.preset}_b{b}.json" if args.trace else None
         cats, top, host_top = profile(engine, args.profile_steps, trace)
         if len(engine.scheduler.running) != running:
             raise RuntimeError(f"B={b}: {running - len(engine.scheduler.running)} sequences left during the "
@@ -222,8 +222,6 @@ def main() -> int:
               + f"; alloc retries/step {row['alloc_retries_per_step']:.2f}"
               + "; host ops " + ", ".join(f"{k} {v:.2f}" for k, v, _ in host_top[:6]), flush=True)
         engine.abort_request(list(engine.requests))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"step_profile_{args.preset}_{args.quantization}_{args.kv_cache_dtype}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")

@@ -87,28 +87,41 @@ def write_guesses(path: Path, gpu: str, fmt: str, heuristic_moe, heuristic_dense
     its other entries are rewritten, so they follow the heuristics as those change (a stale guess
     would win the lookup over the current heuristic)."""
     old = json.loads(path.read_text()) if path.exists() else {}
-    measured = lambda section, key, t: old.get(section, {}).get(key, {}).get(str(t), {})
+
+    def entries(section, key, guess):
+        kept = old.get(section, {}).get(key, {})
+        return {str(t): kept[str(t)] if "ms" in kept.get(str(t), {}) else guess(t).to_dict() for t in tables.M_BUCKETS}
+
     table = {"gpu": gpu, "moe": {}, "dense": {}}
     for _, _, (e, h, i, k) in moe_shapes(models, tps):
-        key = tables.moe_key(e, h, i, k)
-        table["moe"][key] = {str(t): measured("moe", key, t) if "ms" in measured("moe", key, t)
-                             else heuristic_moe(t, e, h, i, k).to_dict() for t in tables.M_BUCKETS}  # fmt: skip
+        table["moe"][tables.moe_key(e, h, i, k)] = entries("moe", tables.moe_key(e, h, i, k),
+                                                           lambda t: heuristic_moe(t, e, h, i, k))  # fmt: skip
     for _, _, (n, k) in dense_shapes(models, tps):
-        key = tables.dense_key(n, k)
-        table["dense"][key] = {str(t): measured("dense", key, t) if "ms" in measured("dense", key, t)
-                               else heuristic_dense(t, n, k).to_dict() for t in tables.M_BUCKETS}  # fmt: skip
-    entries = [v for sec in ("moe", "dense") for shapes in table[sec].values() for v in shapes.values()]
-    kept = sum("ms" in v for v in entries)
-    table["tuned"] = kept == len(entries)
+        table["dense"][tables.dense_key(n, k)] = entries("dense", tables.dense_key(n, k),
+                                                         lambda t: heuristic_dense(t, n, k))  # fmt: skip
+    kept = sum("ms" in v for v in _entries(table))
+    table["tuned"] = _all_measured(table)
     if kept:
         table["device"] = old.get("device")
-        table["note"] = (f"entries with an \"ms\" field were measured by benchmarks/tune_{fmt}.py (the winner's time; "
-                         "heuristic_ms: the heuristic config's, same run); the others are the heuristic guesses")
+        table["note"] = _measured_note(fmt)
     else:
         table["note"] = (f"heuristic guesses written without a GPU (tenk.kernels.configs.{fmt}.heuristic_*); rerun "
                          f"benchmarks/tune_{fmt}.py on this GPU to replace them with measured configs")
     path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}" + (f" ({kept} measured entries kept)" if kept else ""))
+
+
+def _entries(data: dict) -> list[dict]:
+    return [v for sec in ("moe", "dense") for shapes in data[sec].values() for v in shapes.values()]
+
+
+def _all_measured(data: dict) -> bool:
+    return all("ms" in v for v in _entries(data))  # entries without "ms" are still the guesses
+
+
+def _measured_note(fmt: str) -> str:
+    return (f"entries with an \"ms\" field were measured by benchmarks/tune_{fmt}.py (the winner's time; "
+            "heuristic_ms: the heuristic config's, same run); the others are the heuristic guesses")
 
 
 class TableFile:
@@ -122,10 +135,7 @@ class TableFile:
         seed = path if path.exists() else shipped  # a fresh --out starts from the shipped table
         self.data = json.loads(seed.read_text()) if seed.exists() else {"moe": {}, "dense": {}}
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-        self.data.update({"gpu": gpu, "tuned": True, "device": device,
-                          "note": f"entries with an \"ms\" field were measured by benchmarks/tune_{fmt}.py (the "
-                                  "winner's time; heuristic_ms: the heuristic config's, same run); the others are "
-                                  "the heuristic guesses"})  # fmt: skip
+        self.data.update({"gpu": gpu, "tuned": True, "device": device, "note": _measured_note(fmt)})
 
     def put(self, section: str, key: str, tokens: int, cfg, ms: float, heuristic_ms: float,
             trials: list | None = None) -> None:  # fmt: skip
@@ -134,8 +144,7 @@ class TableFile:
         if self.trials_path is not None and trials is not None:
             self.trials.setdefault(section, {}).setdefault(key, {})[str(tokens)] = trials
             self.trials_path.write_text(json.dumps(self.trials, indent=1) + "\n")
-        entries = [v for sec in ("moe", "dense") for shapes in self.data[sec].values() for v in shapes.values()]
-        self.data["tuned"] = all("ms" in v for v in entries)  # entries without "ms" are still the guesses
+        self.data["tuned"] = _all_measured(self.data)
         self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
         tables.load_table.cache_clear()
 

@@ -47,15 +47,21 @@ def dequantize_block(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int
     value rounded once. Whole blocks multiply through a view (no expanded scale tensor)."""
     *lead, n, k = q.shape
     bn, bk = block
-    nb, kb = math.ceil(n / bn), math.ceil(k / bk)
-    if tuple(scale.shape[-2:]) != (nb, kb):
-        raise ValueError(f"block scale shape {tuple(scale.shape)} does not fit weight {n}x{k} with block {block}")
+    nb, kb = _check_block_scales(scale, n, k, block)
     s = scale.float()
     if n % bn == 0 and k % bk == 0:
         w = q.float().view(*lead, nb, bn, kb, bk).mul_(s.unsqueeze(-1).unsqueeze(-3))
         return w.view(*lead, n, k).to(dtype)
     full = s.repeat_interleave(bn, dim=-2)[..., :n, :].repeat_interleave(bk, dim=-1)[..., :k]
     return (q.float() * full).to(dtype)
+
+
+def _check_block_scales(scale: torch.Tensor, n: int, k: int, block: tuple[int, int]) -> tuple[int, int]:
+    """The scale grid (ceil(N/bn), ceil(K/bk)) a [..., N, K] weight needs; raises if `scale` is not it."""
+    nb, kb = math.ceil(n / block[0]), math.ceil(k / block[1])
+    if tuple(scale.shape[-2:]) != (nb, kb):
+        raise ValueError(f"block scale shape {tuple(scale.shape)} does not fit weight {n}x{k} with block {block}")
+    return nb, kb
 
 
 def _row_scales(scale: torch.Tensor, shard_sizes: list[int] | None, n: int) -> torch.Tensor:
@@ -99,9 +105,8 @@ def dequantize_weight_triton(weight, weight_scale, scheme, shard_sizes, dtype, b
     n, k = weight.shape
     if scheme == "block":
         bn, bk = tuple(block)
+        _check_block_scales(weight_scale, n, k, (bn, bk))
         s = weight_scale.float()
-        if tuple(s.shape) != (triton.cdiv(n, bn), triton.cdiv(k, bk)):
-            raise ValueError(f"block scale shape {tuple(s.shape)} does not fit weight {n}x{k} with block {block}")
     else:
         bn = bk = 1
         s = weight_scale.float().reshape(-1) if scheme == "channel" else _row_scales(weight_scale, shard_sizes, n)
@@ -111,7 +116,7 @@ def dequantize_weight_triton(weight, weight_scale, scheme, shard_sizes, dtype, b
     out = torch.empty((n, k), dtype=dtype, device=weight.device)
     BN, BK = 32, 128
     _dequant_weight_kernel[(triton.cdiv(n, BN), triton.cdiv(k, BK))](
-        weight, s, out, n, k, weight.stride(0), s.stride(0) if scheme == "block" else 1, out.stride(0),
+        weight, s, out, n, k, weight.stride(0), s.stride(-2) if scheme == "block" else 1, out.stride(0),
         SBN=bn, SBK=bk, BLOCK_SCALES=scheme == "block", BN=BN, BK=BK, num_warps=4,
     )
     return out

@@ -47,7 +47,6 @@ from tenk.kernels.nvfp4_gemm import (
 SCRATCH_BYTES = 4 << 30  # most bf16 expert bytes the dequant path materialises at once
 
 
-
 # ---------------------------------------------------------------- reference
 
 
@@ -374,10 +373,10 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
     P = x.shape[0] * k
 
     def gemm(first, a, dst, align, split):
-        # w1|w3 reads x by token (gated), w2 the activations by pair
-        wq, sq, gs, n, gated, c = (w13q, w13s, g13, two_i // 2, True, cfg.w13) if first else \
-            (w2q, w2s, g2, x.shape[1], False, cfg.w2)
-        _gemm(a, wq, sq, gs, dst, align, P, n, k, gated, gated, c, split)
+        if first:
+            _gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split)
+        else:
+            _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split)
 
     return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
                           _splits(cfg.w13, q13), _splits(cfg.w2, w2q.shape[2]), gemm)
