@@ -27,7 +27,7 @@ from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
 from tenk.kernels.moe import fused_moe_ref
-from tenk.kernels.nvfp4_moe import block_pairs, run_moe_stages, store_moe_tile
+from tenk.kernels.nvfp4_moe import moe_block, run_moe_stages, store_moe_tile
 
 SCHEMES = ("tensor", "block")
 
@@ -84,7 +84,7 @@ def fp8_fused_moe_ref(x, w13_weight, w13_weight_scale, w2_weight, w2_weight_scal
 
 @triton.jit(do_not_specialize=["num_pairs", "max_padded"])
 def _fp8_moe_gemm_kernel(
-    a_ptr, w_ptr, s_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
+    a_ptr, w_ptr, s_ptr, out_ptr, sorted_ptr, expert_ptr,
     num_pairs, max_padded, N, K, s_ar, s_we, s_wn, s_se, s_sn, s_sk, s_or, s_os,
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BLOCK_SCALES: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr, EVEN_K: tl.constexpr,
@@ -108,14 +108,10 @@ def _fp8_moe_gemm_kernel(
         num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
     pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-    if not DIRECT:
-        if pid_m * BM >= tl.load(npp_ptr):
-            return
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    e, row_ok, safe, a_row = moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK, A_BY_TOKEN,
+                                       DIRECT, BM)
     if e < 0:
         return
-
-    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
@@ -141,7 +137,7 @@ def _gemm(a, w, s, out, align, num_pairs, n, topk, gated, a_by_token, cfg: Fp8Co
     """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode).
     s: block scales [E, rows/bn, K/bk], or per-tensor scales [E, 1 or 2] (block None)."""
     direct = isinstance(align, torch.Tensor)
-    sorted_ids, expert_ids, npp = (align, align, align) if direct else align
+    sorted_ids, expert_ids = (align, align) if direct else align[:2]
     max_padded = num_pairs if direct else sorted_ids.numel()
     k = w.shape[2]
     sbn, sbk = block if block else (None, None)
@@ -150,7 +146,7 @@ def _gemm(a, w, s, out, align, num_pairs, n, topk, gated, a_by_token, cfg: Fp8Co
     blocks = num_pairs if direct else triton.cdiv(max_padded, cfg.block_m)
     grid = (blocks * triton.cdiv(n, bn), split)
     _fp8_moe_gemm_kernel[grid](
-        a, w, s, out, sorted_ids, expert_ids, npp,
+        a, w, s, out, sorted_ids, expert_ids,
         num_pairs, max_padded, n, k, a.stride(0), w.stride(0), w.stride(1),
         s.stride(0), s.stride(1), s.stride(2) if block else 0, out.stride(-2), out.stride(0) if split > 1 else 0,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,

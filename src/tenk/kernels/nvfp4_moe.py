@@ -210,9 +210,20 @@ def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_
     return row_ok, safe, a_row
 
 
+@triton.jit
+def moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
+              DIRECT: tl.constexpr, BM: tl.constexpr):
+    """Token block pid_m of a grouped MoE GEMM (NVFP4 and FP8): (its expert, then block_pairs).
+    Blocks past the used length hold expert -1 (both alignments), so the caller returns on e < 0
+    without reading num_tokens_post_padded."""
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
+    return e, row_ok, safe, a_row
+
+
 @triton.jit(do_not_specialize=["num_pairs", "max_padded"])
 def _nvfp4_moe_gemm_kernel(
-    a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr, npp_ptr,
+    a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr,
     num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
@@ -233,14 +244,10 @@ def _nvfp4_moe_gemm_kernel(
         num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
     pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-    if not DIRECT:
-        if pid_m * BM >= tl.load(npp_ptr):
-            return
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    e, row_ok, safe, a_row = moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK, A_BY_TOKEN,
+                                       DIRECT, BM)
     if e < 0:
         return
-
-    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
@@ -312,7 +319,7 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
 def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split):
     """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode)."""
     direct = isinstance(align, torch.Tensor)
-    sorted_ids, expert_ids, npp = (align, align, align) if direct else align
+    sorted_ids, expert_ids = (align, align) if direct else align[:2]
     max_padded = num_pairs if direct else sorted_ids.numel()
     q = wq.shape[2]
     bkq = fit_block_kq(cfg, q)
@@ -321,7 +328,7 @@ def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg,
     s_or = out.stride(-2)
     s_os = out.stride(0) if split > 1 else 0
     _nvfp4_moe_gemm_kernel[grid](
-        a, wq, sq, gs, out, sorted_ids, expert_ids, npp,
+        a, wq, sq, gs, out, sorted_ids, expert_ids,
         num_pairs, max_padded, n, q, a.stride(0), wq.stride(0), wq.stride(1), sq.stride(0), sq.stride(1),
         gs.stride(0), s_or, s_os,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
