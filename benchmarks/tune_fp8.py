@@ -6,9 +6,10 @@ that tenk.kernels.configs.fp8 reads (src/tenk/kernels/configs/fp8_<gpu>.json).
     python benchmarks/tune_fp8.py --guess --gpu h100   # no GPU: write the heuristic guesses ("tuned": false)
 
 Weights: random E4M3 codes with block-128 scales (the official FP8 checkpoints' layout), made on
-the GPU. Knobs (coordinate descent, benchmarks/tuning.py): block_m; then per GEMM block_n with its
-warps, block_k, num_stages, split_k; for tiny batches "direct" (no alignment launch); for the
-dense GEMM also the impl, fused or dequant (dequantize once + cuBLAS).
+the GPU. Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert
+seeds its own descent over, per GEMM, block_n with its warps, block_k, num_stages, split_k; for
+tiny batches "direct" (no alignment launch); for the dense GEMM also the impl, fused or dequant
+(dequantize once + cuBLAS).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ GEMM_KNOBS = {
 
 def moe_variants(t: int, e: int, k: int) -> list:
     # tiles up to 128 tokens: the FP8 step holds more registers than the NVFP4 one
-    return (tuning.block_m_variants() + tuning.gemm_variants("w13", GEMM_KNOBS) + tuning.gemm_variants("w2", GEMM_KNOBS)
-            + tuning.direct_variants(t, k))  # fmt: skip
+    values = tuple(bm for bm in tuning.block_m_values(t, e, k) if bm <= 128)
+    return (tuning.block_m_variants(values) + tuning.gemm_variants("w13", GEMM_KNOBS)
+            + tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k))  # fmt: skip
 
 
 def tune(args, table: tuning.TableFile, deadline: float) -> None:

@@ -5,9 +5,9 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
                                     [--no-moe] [--budget-s 540] [--out PATH]
     python benchmarks/tune_nvfp4.py --guess --gpu h100   # no GPU: write the heuristic guesses ("tuned": false)
 
-Knobs (coordinate descent, benchmarks/tuning.py): block_m; then per GEMM block_n with its warps,
-block_kq, num_stages, split_k; for tiny batches "direct" (no alignment launch); then the impl,
-fused or dequant.
+Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
+own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m; for
+tiny batches "direct" (no alignment launch); then the impl, fused or dequant.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tenk.kernels.configs import nvfp4 as cfgs
 
 GEMM_KNOBS = {
     # (block_n, num_warps); 32-row tiles are below a wgmma's 64 and compile to mma.sync
-    "tile": [(32, 2), (64, 4), (128, 4), (128, 8)],
+    "tile": [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)],
     "block_kq": [16, 32, 64],
     "num_stages": [2, 3, 4, 5],
     "split_k": [1, 2, 4, 8],

@@ -49,6 +49,22 @@ def test_descend_takes_each_knobs_best_in_turn():
     assert trials[3] == {"knob": "a", "config": {"a": 4, "b": 1}, "ms": None} and trials[0]["ms"] == cost(_Cfg())
 
 
+def test_descend_restarts_from_each_block_m():
+    """A leading block_m knob seeds one descent per value: the best b differs per block (b = a is
+    best), which one descent from a = 1 does not find."""
+    cost = lambda c: (c.b - c.a) ** 2 + 10.0 / c.a
+    seen = []
+    measure = lambda c: seen.append(c) or cost(c)
+    variants = [("block_m", lambda c: [dataclasses.replace(c, a=v) for v in (1, 2, 4)]),
+                ("b", lambda c: [dataclasses.replace(c, b=v) for v in (1, 2, 4)])]
+    trials = []
+    best, ms, start_ms = tuning.descend(_Cfg(), variants, measure, time.time() + 60, trials)
+    assert best == _Cfg(4, 4) and ms == 2.5 and start_ms == cost(_Cfg())
+    # plain coordinate descent from (1, 1): a = 2 (6.0) beats a = 4 (11.5) at b = 1, then b = 2: 5.0
+    assert tuning.descend(_Cfg(), [("a", variants[0][1]), variants[1]], measure, time.time() + 60)[:2] == (_Cfg(2, 2), 5)
+    assert [t["knob"] for t in trials] == ["start", "b", "b", "block_m", "b", "b", "block_m", "b", "b"]
+
+
 def test_gemm_variants_change_one_knob_of_one_gemm():
     cfg = fp8.heuristic_moe(16, 256, 3072, 1536, 8)
     variants = dict(tuning.gemm_variants("w2", {"tile": [(128, 8)], "split_k": [4]}))
@@ -58,8 +74,9 @@ def test_gemm_variants_change_one_knob_of_one_gemm():
     assert split.w2.split_k == 4 and dataclasses.replace(split.w2, split_k=cfg.w2.split_k) == cfg.w2
     (bm32,) = [c for c in tuning.block_m_variants()[0][1](cfg) if c.block_m == 32]
     assert bm32.w13.block_m == bm32.w2.block_m == 32  # both GEMMs share the token blocks
-    assert tuning.block_m_values(256, 128, 8) == (16, 32, 64, 128)  # 16 pairs per expert
-    assert tuning.block_m_values(4096, 128, 8)[-1] == 256  # 256 pairs per expert
+    assert tuning.block_m_values(256, 128, 8) == (16, 32, 64)  # 16 pairs per expert
+    assert tuning.block_m_values(4096, 128, 8) == (32, 64, 128, 256)  # 256 pairs per expert
+    assert tuning.block_m_values(1, 128, 8) == (16,)
 
 
 def test_shapes_come_from_the_models_configs():
