@@ -165,9 +165,41 @@ def moe_align_block_size(
     return sorted_ids[:max_padded], expert_ids, pad_end[-1:].to(torch.int32)
 
 
+@triton.jit
+def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
+                DIRECT: tl.constexpr, BM: tl.constexpr):
+    """The (token, expert) pairs of token block pid_m in a grouped MoE GEMM (bf16, NVFP4, FP8):
+    (row_ok [BM], pair index with padding rows clamped to 0, the A row each reads: its token for
+    w1|w3, the pair itself for w2). DIRECT: block m is pair m alone, no alignment."""
+    if DIRECT:
+        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
+    else:
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
+    row_ok = pair < num_pairs
+    safe = tl.where(row_ok, pair, 0).to(tl.int64)
+    if A_BY_TOKEN:
+        a_row = safe // TOPK
+    else:
+        a_row = safe
+    return row_ok, safe, a_row
+
+
+@triton.jit
+def moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
+              DIRECT: tl.constexpr, BM: tl.constexpr):
+    """Token block pid_m of a grouped MoE GEMM (bf16, NVFP4, FP8): (its expert, then block_pairs).
+    Blocks past the used length hold expert -1 (moe_align_block_size's contract, kept by the
+    one-CTA align kernel too), so the caller returns on e < 0 without reading
+    num_tokens_post_padded."""
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
+    return e, row_ok, safe, a_row
+
+
 @triton.jit(do_not_specialize=["num_pairs", "max_padded"])
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, sorted_ptr, expert_ptr, npp_ptr,
+    a_ptr, w_ptr, c_ptr, sorted_ptr, expert_ptr,
     num_pairs, max_padded, N, K,
     s_ar, s_we, s_wn, s_cr,
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr,
@@ -179,18 +211,10 @@ def _moe_gemm_kernel(
     num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
     pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
-    if pid_m * BM >= tl.load(npp_ptr):
-        return
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
+    e, row_ok, safe, a_row = moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK, A_BY_TOKEN,
+                                       False, BM)
     if e < 0:
         return
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
-    row_ok = pair < num_pairs
-    if A_BY_TOKEN:
-        a_row = (pair // TOPK).to(tl.int64)
-    else:
-        a_row = pair.to(tl.int64)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
     offs_k = tl.arange(0, BK)
@@ -222,7 +246,7 @@ def _moe_gemm_kernel(
         res = (s * u).to(dtype)
     else:
         res = acc.to(dtype)
-    c_ptrs = c_ptr + pair.to(tl.int64)[:, None] * s_cr + offs_n[None, :]
+    c_ptrs = c_ptr + safe[:, None] * s_cr + offs_n[None, :]
     tl.store(c_ptrs, res, mask=row_ok[:, None] & n_ok[None, :])
 
 
@@ -251,11 +275,11 @@ def default_config(num_pairs: int, num_experts: int, dtype: torch.dtype) -> Gemm
 
 
 def _moe_gemm(a, w, c, align, num_pairs, n, k, topk, gated, a_by_token, cfg: GemmConfig):
-    sorted_ids, expert_ids, npp = align
+    sorted_ids, expert_ids = align[:2]
     max_padded = sorted_ids.numel()
     grid = (triton.cdiv(max_padded, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _moe_gemm_kernel[grid](
-        a, w, c, sorted_ids, expert_ids, npp,
+        a, w, c, sorted_ids, expert_ids,
         num_pairs, max_padded, n, k,
         a.stride(0), w.stride(0), w.stride(1), c.stride(0),
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token,

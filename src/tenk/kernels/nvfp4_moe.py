@@ -33,7 +33,7 @@ from tenk.kernels._common import next_pow2
 from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
-from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, fused_moe_triton, moe_align_block_size
+from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, fused_moe_triton, moe_align_block_size, moe_block
 from tenk.kernels.nvfp4_gemm import (
     _accumulate,
     dequantize,
@@ -188,37 +188,6 @@ def store_moe_tile(g, u, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os,
             tl.store(out_ptrs, g.to(out_ptr.dtype.element_ty), mask=mask)
         else:
             tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, g, mask=mask)
-
-
-@triton.jit
-def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
-                DIRECT: tl.constexpr, BM: tl.constexpr):
-    """The (token, expert) pairs of token block pid_m in a grouped MoE GEMM (NVFP4 and FP8):
-    (row_ok [BM], pair index with padding rows clamped to 0, the A row each reads: its token for
-    w1|w3, the pair itself for w2). DIRECT: block m is pair m alone, no alignment."""
-    if DIRECT:
-        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
-    else:
-        offs_m = pid_m * BM + tl.arange(0, BM)
-        pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
-    row_ok = pair < num_pairs
-    safe = tl.where(row_ok, pair, 0).to(tl.int64)
-    if A_BY_TOKEN:
-        a_row = safe // TOPK
-    else:
-        a_row = safe
-    return row_ok, safe, a_row
-
-
-@triton.jit
-def moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
-              DIRECT: tl.constexpr, BM: tl.constexpr):
-    """Token block pid_m of a grouped MoE GEMM (NVFP4 and FP8): (its expert, then block_pairs).
-    Blocks past the used length hold expert -1 (both alignments), so the caller returns on e < 0
-    without reading num_tokens_post_padded."""
-    e = tl.load(expert_ptr + pid_m).to(tl.int64)
-    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
-    return e, row_ok, safe, a_row
 
 
 @triton.jit(do_not_specialize=["num_pairs", "max_padded"])
