@@ -138,6 +138,11 @@ class TableFile:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         self.data.update({"gpu": gpu, "tuned": True, "device": device, "note": _measured_note(fmt)})
 
+    def measured(self, section: str, key: str, tokens: int) -> dict | None:
+        """The entry of exactly this bucket if a tuning run measured it (it has an "ms")."""
+        entry = self.data[section].get(key, {}).get(str(tokens))
+        return entry if entry is not None and "ms" in entry else None
+
     def put(self, section: str, key: str, tokens: int, cfg, ms: float, heuristic_ms: float,
             trials: list | None = None) -> None:  # fmt: skip
         entry = {**cfg.to_dict(), "ms": round(ms, 5), "heuristic_ms": round(heuristic_ms, 5)}
@@ -271,6 +276,15 @@ def _search(table: TableFile, section: str, key: str, tokens: int, start, varian
     print(f"[{section} {key} T={tokens}]")
     trials = []
     best, ms, start_ms = descend(start, variants, measure, deadline, trials)
+    previous = table.measured(section, key, tokens)
+    if previous is not None:  # the winner of an earlier run, timed again here: a re-run that stops at
+        # its budget, or a noisy one, never replaces it with something slower
+        previous = type(start).from_dict(previous)
+        prev_ms = measure(previous) if previous != best else ms
+        trials.append({"knob": "previous", "config": previous.to_dict(), "ms": _finite(prev_ms)})
+        if prev_ms < ms:
+            print(f"  the previous entry stays: {prev_ms:.4f} ms (search: {ms:.4f})")
+            best, ms = previous, prev_ms
     table.put(section, key, tokens, best, ms, start_ms, trials)
     print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
 

@@ -108,6 +108,27 @@ def test_table_file_keeps_unmeasured_entries(tmp_path):
     assert json.loads((tmp_path / "trials.json").read_text())["moe"]["k"]["1"][0]["ms"] == 0.03
 
 
+def test_search_keeps_a_measured_entry_the_new_search_does_not_beat(tmp_path):
+    """A re-run times the bucket's earlier winner in the same run: a slower search (stopped at its
+    budget, or noisy) does not replace it; a faster one does."""
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps({"moe": {}, "dense": {}}))
+    table = tuning.TableFile(tmp_path / "out.json", shipped, "h100", "fp8")
+    start = fp8.heuristic_moe(16, 256, 3072, 1536, 8)
+    old = dataclasses.replace(start, w2=dataclasses.replace(start.w2, num_stages=start.w2.num_stages + 1))
+    table.put("moe", "k", 16, old, 0.5, 0.6)
+    cost = {start: 0.6, old: 0.5}
+    variants = [("w2.num_stages", lambda c: [c])]  # nothing new to try: the search ends at the start
+    tuning._search(table, "moe", "k", 16, start, variants, lambda c: cost[c], time.time() + 60)
+    entry = json.loads((tmp_path / "out.json").read_text())["moe"]["k"]["16"]
+    assert fp8.Fp8MoeConfig.from_dict(entry) == old and entry["ms"] == 0.5 and entry["heuristic_ms"] == 0.6
+    cost[old] = 0.7  # measured slower this time: the search's winner replaces it
+    tuning._search(table, "moe", "k", 16, start, variants, lambda c: cost[c], time.time() + 60)
+    entry = json.loads((tmp_path / "out.json").read_text())["moe"]["k"]["16"]
+    assert fp8.Fp8MoeConfig.from_dict(entry) == start and entry["ms"] == 0.6
+    assert table.measured("moe", "k", 1) is None
+
+
 @pytest.mark.parametrize(("script", "fmt", "moe_cls", "dense_cls"), [
     ("tune_fp8.py", "fp8", fp8.Fp8MoeConfig, fp8.Fp8Config),
     ("tune_nvfp4.py", "nvfp4", nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)])  # fmt: skip
