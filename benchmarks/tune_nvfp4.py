@@ -7,7 +7,8 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
 
 Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
 own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m; for
-tiny batches "direct" (no alignment launch); then the impl, fused or dequant.
+tiny batches "direct" (no alignment launch); then the impl, fused or dequant; from 1,024 tokens on a
+GPU also the Gluon "wgmma" MoE from a few measured tiles, then its tiles again.
 """
 
 from __future__ import annotations
@@ -29,11 +30,38 @@ GEMM_KNOBS = {
     "group_m": [1, 8, 32],  # token blocks that share a weight tile while it is in L2
 }
 IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
+WGMMA_MIN_TOKENS = 1024  # below, the Triton kernels' smaller tiles won every bucket on an H100
+# (w1|w3, w2) tiles (block_n, block_kq, num_stages, num_warps) the wgmma MoE starts from: the best
+# seen on an H100 at 4,096 to 16,384 tokens for Qwen3-30B-A3B and MiniMax-M2
+WGMMA_TILES = [((64, 32, 2, 4), (64, 32, 2, 4)), ((64, 32, 2, 4), (128, 64, 2, 8)), ((128, 32, 3, 8), (128, 64, 2, 8))]
+# its knobs after the switch (no split-K; wgmma tiles are whole warp groups)
+WGMMA_KNOBS = {"tile": [(64, 4), (128, 4), (128, 8)], "block_kq": [16, 32, 64], "num_stages": [2, 3, 4]}
+
+
+WGMMA_BLOCK_M = 128  # its token block where the fused winner's is smaller (64 lost at 4,096 tokens)
+
+
+def wgmma_variants(c) -> list:
+    """The wgmma MoE from each of WGMMA_TILES, at the current token block and at WGMMA_BLOCK_M."""
+    out = []
+    for bm in sorted({c.block_m, max(c.block_m, WGMMA_BLOCK_M)}):
+        for tiles in WGMMA_TILES:
+            gemms = [dataclasses.replace(g, block_m=bm, block_n=bn, block_kq=bkq, num_stages=st, num_warps=w,
+                                         split_k=1) for g, (bn, bkq, st, w) in zip((c.w13, c.w2), tiles)]
+            out.append(dataclasses.replace(c, block_m=bm, impl="wgmma", direct=False, w13=gemms[0], w2=gemms[1]))
+    return out
 
 
 def moe_variants(t: int, e: int, k: int) -> list:
     variants = tuning.block_m_variants(tuning.block_m_values(t, e, k)) + tuning.gemm_variants("w13", GEMM_KNOBS)
-    return variants + tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k) + [IMPL]
+    variants += tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k) + [IMPL]
+    if t >= WGMMA_MIN_TOKENS and torch.cuda.is_available():
+        # then the Gluon kernels' own descent, if the switch won
+        only_wgmma = lambda make: lambda c: make(c) if c.impl == "wgmma" else []
+        variants += [("impl.wgmma", wgmma_variants)]
+        variants += [(name, only_wgmma(make)) for name, make in
+                     tuning.gemm_variants("w13", WGMMA_KNOBS) + tuning.gemm_variants("w2", WGMMA_KNOBS)]
+    return variants
 
 
 def tune(args, table: tuning.TableFile, deadline: float) -> None:

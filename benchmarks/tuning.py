@@ -242,9 +242,14 @@ def gemm_variants(field: str, knobs: dict):
 
         def make(c, knob=knob, values=values):
             g = get(c)
-            if knob == "tile":
-                return [put(c, dataclasses.replace(g, block_n=bn, num_warps=w)) for bn, w in values]
-            return [put(c, dataclasses.replace(g, **{knob: v})) for v in values]
+            changes = [dict(block_n=bn, num_warps=w) for bn, w in values] if knob == "tile" else [{knob: v} for v in values]
+            out = []
+            for change in changes:
+                try:
+                    out.append(put(c, dataclasses.replace(g, **change)))
+                except ValueError:  # a combination the config refuses (a wgmma MoE's tiles)
+                    pass
+            return out
 
         out.append((f"{field or 'gemm'}.{knob}", make))
     return out

@@ -54,6 +54,8 @@ def _compile_sm90(fn, args, kwargs) -> dict:
     options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
     bound = dict(zip(fn.arg_names, args))
     bound.update(kwargs)
+    if "num_warps" in fn.arg_names:  # a Gluon kernel reads its warps as a constexpr too
+        bound["num_warps"] = options["num_warps"]
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         v = bound[name]
@@ -71,7 +73,12 @@ def _compile_sm90(fn, args, kwargs) -> dict:
             signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
         else:
             signature[name] = "fp32"
-    src = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        src = GluonASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    else:
+        src = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm
+from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm, nvfp4_moe_wgmma as nm_wgmma
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
@@ -223,8 +223,8 @@ def _moe_cfg(bm=16, bn=32, bkq=16, split13=1, split2=1, impl="fused", direct=Fal
 
 
 @pytest.mark.parametrize("cfg", [_moe_cfg(), _moe_cfg(bn=16, split13=2, split2=4), _moe_cfg(direct=True, split13=2),
-                                 _moe_cfg(impl="dequant")],
-                         ids=["fused", "split_k", "direct", "dequant"])  # fmt: skip
+                                 _moe_cfg(impl="dequant"), _moe_cfg(bn=64, impl="wgmma")],
+                         ids=["fused", "split_k", "direct", "dequant", "wgmma_tiles_in_triton"])  # fmt: skip
 @pytest.mark.parametrize("drop", [0.0, 0.3])
 def test_moe_matches_reference_fp32(interpret, cfg, drop):
     x, w, tw, ids = _moe_case(tokens=11, hidden=128, inter=64, experts=6, top_k=3, drop=drop, seed=7)
@@ -309,12 +309,26 @@ def test_cpu_layers_keep_modelopt_layout():
 # ---------------------------------------------------------------- configs
 
 
+def test_wgmma_moe_configs_are_whole_warp_groups():
+    """The Gluon MoE's tiles: 64 weight rows per warp group, no split-K, aligned token blocks."""
+    ok = _moe_cfg(bm=128, bn=64, impl="wgmma")
+    assert ok.impl == "wgmma" and Nvfp4MoeConfig.from_dict(ok.to_dict()) == ok
+    for bad in (dict(bn=32), dict(bn=64, split13=2), dict(bn=64, direct=True)):
+        with pytest.raises(ValueError, match="wgmma"):
+            _moe_cfg(impl="wgmma", **bad)
+    with pytest.raises(ValueError, match="wgmma"):
+        Nvfp4MoeConfig(block_m=64, impl="wgmma", w13=Nvfp4Config(block_m=64, block_n=64, num_warps=8),
+                       w2=Nvfp4Config(block_m=64, block_n=128, num_warps=8))  # 8 warps need 128 rows
+    assert not nm.wgmma_usable(torch.zeros(2, 2, dtype=torch.bfloat16))  # CPU: the Triton kernels run
+
+
 def test_config_lookup_and_heuristics():
     from tenk.kernels.configs import nvfp4 as cfgs
 
     assert cfgs.bucket(1) == 1 and cfgs.bucket(300) == 256 and cfgs.bucket(10**6) == 16384
     assert_shipped_tables_load("nvfp4", Nvfp4MoeConfig, Nvfp4Config)
     assert heuristic_moe(1, 128, 2048, 768, 8).block_m == 16
+    assert heuristic_moe(4096, 128, 2048, 768, 8).impl == "wgmma"  # prefill: the Gluon kernels where usable
     assert heuristic_dense(8192, 4096, 4096).impl == "dequant"
     with pytest.raises(ValueError):
         Nvfp4MoeConfig(block_m=32, w13=Nvfp4Config(block_m=16), w2=Nvfp4Config(block_m=32))
@@ -385,6 +399,35 @@ def test_moe_compiles_for_sm90(gpu_variant, model, tokens):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not nm_wgmma.AVAILABLE, reason="needs Triton's Gluon")
+@pytest.mark.parametrize("model,tiles", [("qwen3", ((64, 32, 2, 4), (64, 32, 2, 4))),
+                                         ("minimax", ((128, 32, 3, 8), (128, 64, 2, 8)))])  # fmt: skip
+def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
+    """The Gluon MoE GEMMs at the tuned tables' prefill tiles: they fit an H100 without spilling."""
+    shape = QWEN3 if model == "qwen3" else MINIMAX
+    gemm = lambda t: Nvfp4Config(block_m=128, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3])
+    cfg = Nvfp4MoeConfig(block_m=128, impl="wgmma", w13=gemm(tiles[0]), w2=gemm(tiles[1]))
+    tokens, experts = 512, 8
+    x = torch.empty(tokens, shape["hidden"], dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts)[:8] for _ in range(tokens)]).int()
+    w = _kernel_layout_experts(experts, shape["hidden"], shape["inter"])
+    align = moe.moe_align_block_size(ids, experts, 128)
+    act = torch.empty(tokens * 8, shape["inter"], dtype=torch.bfloat16)
+    y = torch.empty(tokens * 8, shape["hidden"], dtype=torch.bfloat16)
+
+    def both():
+        g13 = nm.fit_block_kq(cfg.w13, w[0].shape[2])
+        nm_wgmma.moe_gemm_wgmma(x, w[0], w[1], w[2], act, align[0], align[1], tokens * 8, shape["inter"], 8, True, True,
+                                cfg.w13, g13)
+        nm_wgmma.moe_gemm_wgmma(act, w[3], w[4], w[5].reshape(-1, 1), y, align[0], align[1], tokens * 8, shape["hidden"],
+                                8, False, False, cfg.w2, nm.fit_block_kq(cfg.w2, w[3].shape[2]))
+
+    results = sm90_compile([nm_wgmma], both)
+    assert len(results) == 2  # w1|w3 (gated) and w2
+    assert_fits_sm90(results, ["_nvfp4_moe_wgmma_kernel"])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("pairs,experts,block_m", [(8192, 256, 16), (8192, 128, 64), (512, 128, 16)])
 def test_align_compiles_for_sm90(sm90_compile, pairs, experts, block_m):
     """The one-CTA align kernel up to ALIGN_MAX_PAIRS (its block histogram grows with the blocks)."""
@@ -421,13 +464,17 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @needs_gpu
 @pytest.mark.parametrize("tokens", [1, 16, 256, 2048])
 @pytest.mark.parametrize("model", ["qwen3", "minimax"])
-@pytest.mark.parametrize("impl", ["fused", "dequant"])
+@pytest.mark.parametrize("impl", ["fused", "dequant", "wgmma"])
 def test_gpu_moe_matches_reference(model, tokens, impl):
     shape = QWEN3 if model == "qwen3" else MINIMAX
     x, w, tw, ids = _gpu_moe_case(shape, tokens)
     ref = nm.nvfp4_fused_moe_ref(x, *w, tw, ids)
     cfg = heuristic_moe(tokens, min(32, shape["experts"]), shape["hidden"], shape["inter"], 8)
-    cfg = Nvfp4MoeConfig(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=impl, direct=cfg.direct)
+    if impl == "wgmma":  # the Gluon kernels at the heuristic's token block, in warp-group tiles
+        gemm = lambda c: Nvfp4Config(block_m=c.block_m, block_n=64, block_kq=c.block_kq, num_stages=2, num_warps=4)
+        cfg = Nvfp4MoeConfig(block_m=cfg.block_m, w13=gemm(cfg.w13), w2=gemm(cfg.w2), impl="wgmma")
+    else:
+        cfg = Nvfp4MoeConfig(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=impl, direct=cfg.direct)
     packed = (*ng.pack_for_kernel(w[0], w[1]), w[2], *ng.pack_for_kernel(w[3], w[4]), w[5])
     out = torch.full_like(x, float("nan"))
     nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=cfg)

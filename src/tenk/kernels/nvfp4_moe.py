@@ -16,7 +16,9 @@ side, each scaled by its own global scale, SiLU*mul in the epilogue); one for w2
 combine. Small batches split K (fp32 partials, summed by the SiLU / combine kernels).
 Dequant path (large batches, where tensor-core throughput matters more than bytes): dequantize
 the experts to bf16 once per call, in chunks of at most `scratch_bytes`, and run the bf16
-torch._grouped_mm MoE. The launch config (tenk.kernels.configs.nvfp4) picks the path by batch
+torch._grouped_mm MoE. Wgmma path (prefill sizes on Hopper): the fused path with both grouped GEMMs
+as Gluon kernels whose MMAs overlap the dequantization (nvfp4_moe_wgmma; the Triton kernels run its
+tiles where Gluon cannot). The launch config (tenk.kernels.configs.nvfp4) picks the path by batch
 size.
 (A third path, dequantizing each expert tile once into a scratch panel and then running plain
 GEMMs over it, measured 1.6x to 5.4x slower than the fused kernel at 1,024 to 16,384 tokens on an
@@ -43,6 +45,8 @@ from tenk.kernels.nvfp4_gemm import (
     to_modelopt_layout,
     use_asm,
 )
+from tenk.kernels.nvfp4_moe_wgmma import moe_gemm_wgmma
+from tenk.kernels.nvfp4_moe_wgmma import usable as wgmma_usable
 
 SCRATCH_BYTES = 4 << 30  # most bf16 expert bytes the dequant path materialises at once
 
@@ -285,13 +289,17 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
     tl.store(out_ptr + t * s_ot + c, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split):
-    """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode)."""
+def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split, wgmma=False):
+    """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode). wgmma: the
+    Gluon kernel (nvfp4_moe_wgmma) instead of the Triton one."""
     direct = isinstance(align, torch.Tensor)
     sorted_ids, expert_ids = (align, align) if direct else align[:2]
     max_padded = num_pairs if direct else sorted_ids.numel()
     q = wq.shape[2]
     bkq = fit_block_kq(cfg, q)
+    if wgmma:
+        moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs, n, topk, gated, a_by_token, cfg, bkq)
+        return
     blocks = num_pairs if direct else triton.cdiv(max_padded, cfg.block_m)
     grid = (blocks * triton.cdiv(n, cfg.block_n), split)
     s_or = out.stride(-2)
@@ -348,11 +356,13 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
     k = topk_ids.shape[1]
     P = x.shape[0] * k
 
+    wgmma = cfg.impl == "wgmma" and wgmma_usable(x)  # else its tiles run in the Triton kernel
+
     def gemm(first, a, dst, align, split):
         if first:
-            _gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split)
+            _gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split, wgmma)
         else:
-            _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split)
+            _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split, wgmma)
 
     return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
                           _splits(cfg.w13, q13), _splits(cfg.w2, w2q.shape[2]), gemm)

@@ -22,6 +22,9 @@ from pathlib import Path
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 NUM_SMS_GUESS = 132  # H100 SXM; only used to size split-K when no table entry exists
 IMPLS = ("fused", "dequant")
+# the MoE also has "wgmma": the fused GEMMs as Gluon kernels with asynchronous wgmma (prefill sizes on
+# Hopper; nvfp4_moe_wgmma), falling back to the Triton ones off the GPU
+MOE_IMPLS = IMPLS + ("wgmma",)
 _DIR = Path(__file__).parent
 
 
@@ -75,11 +78,16 @@ class Nvfp4MoeConfig:
     direct: bool = False  # tiny batches: one token block per (token, expert) pair, no alignment launch
 
     def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ValueError(f"unknown NVFP4 MoE impl {self.impl!r} (choose from {IMPLS})")
+        if self.impl not in MOE_IMPLS:
+            raise ValueError(f"unknown NVFP4 MoE impl {self.impl!r} (choose from {MOE_IMPLS})")
         for cfg in (self.w13, self.w2):
             if cfg.block_m != self.block_m:
                 raise ValueError(f"both MoE GEMMs must use block_m={self.block_m}, got {cfg.block_m}")
+            # wgmma: whole warp groups of 64 weight rows each, no split-K partials, aligned blocks
+            if self.impl == "wgmma" and (cfg.num_warps not in (4, 8) or cfg.block_n % (16 * cfg.num_warps)
+                                         or cfg.split_k != 1 or self.direct):
+                raise ValueError(f"the wgmma MoE needs 4 or 8 warps, block_n a multiple of 16 per warp, "
+                                 f"split_k 1 and aligned blocks, got {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Nvfp4MoeConfig":
@@ -229,6 +237,15 @@ def heuristic_moe(t: int, e: int, h: int, i: int, top_k: int) -> Nvfp4MoeConfig:
     w13 = Nvfp4Config(block_kq=bkq13, split_k=split13, **common)
     if bm == 64:  # the same runs: w1|w3 in 64-row tiles on 4 warps (w2 keeps 128 rows on 8)
         w13 = Nvfp4Config(block_m=bm, block_n=64, block_kq=bkq13, num_warps=4, num_stages=3)
+    if bm == 128:
+        # Measured on an H100 (tune_nvfp4.py, same runs as the Triton kernels' winners) for Qwen3-30B-A3B
+        # and MiniMax-M2 from 2,048 to 16,384 tokens: the Gluon wgmma MoE won every bucket but one
+        # (Qwen3 at 16,384: a tie with the dequant path), always with w1|w3 in 64-row tiles on 4 warps
+        # and 2 stages, and w2 in 128-row tiles; elsewhere it runs these tiles in the Triton kernels.
+        return Nvfp4MoeConfig(
+            block_m=bm, impl="wgmma",
+            w13=Nvfp4Config(block_m=bm, block_n=64, block_kq=kq(h, 32), num_warps=4, num_stages=2),
+            w2=Nvfp4Config(block_m=bm, block_n=128, block_kq=kq(i, 32), num_warps=8, num_stages=2))
     if bm == 16 and not direct:
         # Measured on an H100 for every Qwen3-30B-A3B and MiniMax-M2 expert shard at TP=1 and 2 from
         # 16 to 1,024 tokens: 32-row w1|w3 tiles on 2 warps (mma.sync, no split) beat the 64-row
