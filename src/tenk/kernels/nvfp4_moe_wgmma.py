@@ -34,8 +34,10 @@ AVAILABLE = gluon is not None
 
 
 def usable(x: torch.Tensor) -> bool:
-    """The Gluon kernel runs bf16 activations on a Hopper-or-newer GPU with Gluon installed."""
-    return AVAILABLE and x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    """The Gluon kernel runs bf16 activations on a Hopper-or-newer GPU with Gluon installed, with
+    rows 16-byte aligned (its cp.async copies move 16 bytes; weights always are: K % 64 == 0)."""
+    return (AVAILABLE and x.is_cuda and x.dtype == torch.bfloat16 and x.stride(0) % 8 == 0
+            and torch.cuda.get_device_capability(x.device)[0] >= 9)
 
 
 if AVAILABLE:
@@ -50,10 +52,7 @@ if AVAILABLE:
         "prmt.b32 $0, a, a, 0x1010; prmt.b32 $1, a, a, 0x3232; prmt.b32 $2, b, b, 0x1010; "
         "prmt.b32 $3, b, b, 0x3232; }"
     )
-    _Q0 = gl.constexpr(_ASM_Q0.value)
-    _Q1 = gl.constexpr(_ASM_Q1.value)
-    _Q2 = gl.constexpr(_ASM_Q2.value)
-    _Q3 = gl.constexpr(_ASM_Q3.value)
+    _QUARTER_ASM = gl.constexpr(tuple(a.value for a in (_ASM_Q0, _ASM_Q1, _ASM_Q2, _ASM_Q3)))  # nvfp4_gemm's decode
 
     @triton.constexpr_function
     def _smem_layout(cols, bits):
@@ -67,15 +66,7 @@ if AVAILABLE:
 
     @gluon.jit
     def _decode(h, J: gl.constexpr):
-        if J == 0:
-            c = gl.inline_asm_elementwise(_Q0, "=r,r", [h], dtype=gl.bfloat16, is_pure=True, pack=2)
-        elif J == 1:
-            c = gl.inline_asm_elementwise(_Q1, "=r,r", [h], dtype=gl.bfloat16, is_pure=True, pack=2)
-        elif J == 2:
-            c = gl.inline_asm_elementwise(_Q2, "=r,r", [h], dtype=gl.bfloat16, is_pure=True, pack=2)
-        else:
-            c = gl.inline_asm_elementwise(_Q3, "=r,r", [h], dtype=gl.bfloat16, is_pure=True, pack=2)
-        return c
+        return gl.inline_asm_elementwise(_QUARTER_ASM[J], "=r,r", [h], dtype=gl.bfloat16, is_pure=True, pack=2)
 
     @gluon.jit
     def _scales(sv):
@@ -95,7 +86,7 @@ if AVAILABLE:
             cp.async_copy_global_to_shared(hu_smem.index(buf), w + up_off, mask=kmask)
         cp.async_copy_global_to_shared(x_smem.index(buf), x_base + gl.expand_dims(kk + cols, 0), mask=x_ok & kmask)
 
-    @gluon.jit
+    @gluon.jit(do_not_specialize=["num_pairs", "max_padded"])  # token counts: no variant per batch size
     def _nvfp4_moe_wgmma_kernel(
         a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr,
         num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or,
