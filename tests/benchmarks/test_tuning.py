@@ -79,6 +79,24 @@ def test_gemm_variants_change_one_knob_of_one_gemm():
     assert tuning.block_m_values(1, 128, 8) == (16,)
 
 
+def test_wgmma_candidates_are_valid_warp_group_configs():
+    """tune_nvfp4's wgmma candidates from a decode-style winner (16-token blocks, 2-warp tiles, split-K,
+    direct): each a valid wgmma MoE config, at the winner's block and at 128; invalid tile knobs of
+    the wgmma descent are skipped rather than raised."""
+    import tune_nvfp4
+
+    start = nvfp4.heuristic_moe(1, 128, 2048, 768, 8)
+    assert start.direct and start.w13.split_k > 1
+    cands = tune_nvfp4.wgmma_variants(start)
+    assert len(cands) == 2 * len(tune_nvfp4.WGMMA_TILES)
+    assert {c.block_m for c in cands} == {16, 128}
+    for c in cands:
+        assert c.impl == "wgmma" and not c.direct and c.w13.split_k == c.w2.split_k == 1
+        assert nvfp4.Nvfp4MoeConfig.from_dict(c.to_dict()) == c
+    tiles = dict(tuning.gemm_variants("w13", {"tile": [(32, 2), (64, 4), (128, 8)]}))["w13.tile"](cands[0])
+    assert [(t.w13.block_n, t.w13.num_warps) for t in tiles] == [(64, 4), (128, 8)]  # 32 rows on 2 warps refused
+
+
 def test_shapes_come_from_the_models_configs():
     """--models takes any preset or model directory: its experts, widths per rank and top-k, its
     attention projections, and for dense models the MLP too."""
