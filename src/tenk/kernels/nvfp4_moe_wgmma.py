@@ -6,8 +6,9 @@ Why a second kernel: the dequantized weights are wgmma's register operand. Trito
 each such MMA before the next instruction, so within a warp group the decode of the next quarter
 never overlaps the tensor cores. Here each MMA stays in flight while the next quarter is decoded
 (one outstanding group, its A registers kept alive until it retires), and one K step's four x
-quarters arrive in one cp.async copy. Measured on an H100 (whole MoE calls, same run as the Triton
-kernel): 1.04x to 1.11x at 4,096 to 16,384 tokens.
+quarters arrive in one cp.async copy. Measured on an H100 by tune_nvfp4.py (whole MoE calls, the
+table's Triton winners timed in the same runs): 1.04x to 1.21x for Qwen3-30B-A3B and MiniMax-M2 at
+2,048 to 16,384 tokens, but a tie with the dequant path for Qwen3 at 16,384.
 
 Same weight layout, decode asm and rounding as the Triton kernel (tenk.kernels.nvfp4_gemm), so the
 results are bit for bit the Triton kernel's; nvfp4_moe.nvfp4_fused_moe_ref is the reference of both.
