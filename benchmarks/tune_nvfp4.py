@@ -36,8 +36,6 @@ WGMMA_MIN_TOKENS = 1024  # below, the Triton kernels' smaller tiles won every bu
 WGMMA_TILES = [((64, 32, 2, 4), (64, 32, 2, 4)), ((64, 32, 2, 4), (128, 64, 2, 8)), ((128, 32, 3, 8), (128, 64, 2, 8))]
 # its knobs after the switch (no split-K; wgmma tiles are whole warp groups)
 WGMMA_KNOBS = {"tile": [(64, 4), (128, 4), (128, 8)], "block_kq": [16, 32, 64], "num_stages": [2, 3, 4]}
-
-
 WGMMA_BLOCK_M = 128  # its token block where the fused winner's is smaller (64 lost at 4,096 tokens)
 
 

@@ -26,8 +26,8 @@ from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
-from tenk.kernels.moe import fused_moe_ref, moe_block
-from tenk.kernels.nvfp4_moe import run_moe_stages, store_moe_tile
+from tenk.kernels.moe import fused_moe_ref, moe_block, store_moe_tile
+from tenk.kernels.nvfp4_moe import run_moe_stages
 
 SCHEMES = ("tensor", "block")
 

@@ -35,7 +35,14 @@ from tenk.kernels._common import next_pow2
 from tenk.kernels._tiles import grouped_tile
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
-from tenk.kernels.moe import fused_moe_grouped_mm, fused_moe_ref, fused_moe_triton, moe_align_block_size, moe_block
+from tenk.kernels.moe import (
+    fused_moe_grouped_mm,
+    fused_moe_ref,
+    fused_moe_triton,
+    moe_align_block_size,
+    moe_block,
+    store_moe_tile,
+)
 from tenk.kernels.nvfp4_gemm import (
     _accumulate,
     dequantize,
@@ -45,8 +52,7 @@ from tenk.kernels.nvfp4_gemm import (
     to_modelopt_layout,
     use_asm,
 )
-from tenk.kernels.nvfp4_moe_wgmma import moe_gemm_wgmma
-from tenk.kernels.nvfp4_moe_wgmma import usable as wgmma_usable
+from tenk.kernels.nvfp4_moe_wgmma import moe_gemm_wgmma, usable as wgmma_usable
 
 SCRATCH_BYTES = 4 << 30  # most bf16 expert bytes the dequant path materialises at once
 
@@ -165,33 +171,6 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
 
 
 # ---------------------------------------------------------------- grouped GEMM
-
-
-@triton.jit
-def store_moe_tile(g, u, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os, N, GATED: tl.constexpr,
-                   SPLIT_K: tl.constexpr):
-    """Write a grouped GEMM's scaled fp32 out^T tile for its pairs. GATED (g: gate, u: up): with
-    SPLIT_K == 1 silu(g) * u, each rounded to out's dtype as the unfused path rounds, else fp32
-    partials [split, pair, 2N] (gate | up) for _silu_mul_reduce_kernel. Not GATED (u unused): g
-    in out's dtype, or fp32 partials [split, pair, N]."""
-    out_ptrs = out_ptr + safe[None, :] * s_or + offs_n[:, None]
-    mask = n_ok[:, None] & row_ok[None, :]
-    if GATED:
-        if SPLIT_K == 1:
-            dtype = out_ptr.dtype.element_ty
-            g = g.to(dtype).to(tl.float32)
-            u = u.to(dtype).to(tl.float32)
-            s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-            tl.store(out_ptrs, (s * u).to(dtype), mask=mask)
-        else:
-            part = out_ptrs + pid_k.to(tl.int64) * s_os
-            tl.store(part, g, mask=mask)
-            tl.store(part + N, u, mask=mask)
-    else:
-        if SPLIT_K == 1:
-            tl.store(out_ptrs, g.to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, g, mask=mask)
 
 
 @triton.jit(do_not_specialize=["num_pairs", "max_padded"])

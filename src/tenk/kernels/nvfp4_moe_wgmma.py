@@ -29,6 +29,8 @@ try:  # Gluon ships with Triton >= 3.5
 except Exception:  # pragma: no cover - exercised only with an older Triton
     gluon = None
 
+from tenk.kernels._tiles import grouped_tile
+from tenk.kernels.moe import store_moe_tile
 from tenk.kernels.nvfp4_gemm import _ASM_Q0, _ASM_Q1, _ASM_Q2, _ASM_Q3
 
 AVAILABLE = gluon is not None
@@ -102,14 +104,7 @@ if AVAILABLE:
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         ld: gl.constexpr = _copy_layout(BKQ, num_warps)
 
-        pid = gl.program_id(0)
-        num_m = gl.cdiv(max_padded, BM)
-        num_n = gl.cdiv(N, BN)
-        group = GROUP_M * num_n  # tile order of tenk.kernels._tiles.grouped_tile
-        first_m = (pid // group) * GROUP_M
-        size_m = gl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % size_m
-        pid_n = (pid % group) // size_m
+        pid_m, pid_n = grouped_tile(gl.program_id(0), gl.cdiv(max_padded, BM), gl.cdiv(N, BN), GROUP_M)
         e = gl.load(expert_ptr + pid_m).to(gl.int64)
         if e < 0:  # past the used blocks (moe_align_block_size's contract)
             return
@@ -202,18 +197,12 @@ if AVAILABLE:
         offs_n = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
         pairs_o = gl.load(sorted_ptr + pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, mma)))
         ok_o = pairs_o < num_pairs
-        ptrs = out_ptr + gl.expand_dims(gl.where(ok_o, pairs_o, 0).to(gl.int64) * s_or, 0) + gl.expand_dims(offs_n, 1)
-        mask = gl.expand_dims(offs_n < N, 1) & gl.expand_dims(ok_o, 0)
-        dtype: gl.constexpr = out_ptr.dtype.element_ty
+        safe_o = gl.where(ok_o, pairs_o, 0).to(gl.int64)
         g = acc * (gl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
+        u = acc_u
         if GATED:
             u = acc_u * (gl.load(gs_ptr + e * s_ge + 1) * 256.0)
-            g = g.to(dtype).to(gl.float32)
-            u = u.to(dtype).to(gl.float32)
-            sg = (g / (1.0 + gl.exp(-g))).to(dtype).to(gl.float32)
-            gl.store(ptrs, (sg * u).to(dtype), mask=mask)
-        else:
-            gl.store(ptrs, g.to(dtype), mask=mask)
+        store_moe_tile(g, u, out_ptr, safe_o, ok_o, offs_n, offs_n < N, 0, s_or, 0, N, GATED, 1)
 
 
 def moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs: int, n: int, topk: int, gated: bool,
