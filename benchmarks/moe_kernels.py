@@ -66,13 +66,15 @@ TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)
 # ---------------------------------------------------------------- cases
 
 
-def make_experts(shape: Shape, device, seed: int = 0, checks: list | None = None, dense: bool = True):
-    """Random NVFP4 experts in the kernel layout + the same experts dequantized to bf16 (or fp32 in
-    smoke runs) by the dequant kernel, checked bit for bit against the torch dequantization on one
-    expert (the torch one needs ~20 GB of temporaries for all of MiniMax's). Global scales keep
-    activations O(1); w1 and w3 get different ones. dense=False: skip the bf16 copy."""
+def make_experts(shape: Shape, device, seed: int = 0, checks: list | None = None, dense: bool = True,
+                 tiles: bool = True):
+    """Random NVFP4 experts in the kernel layout (expert tiles, as the engine holds them on a GPU;
+    tiles=False: the row layout) + the same experts dequantized to bf16 (or fp32 in smoke runs) by
+    the dequant kernel, checked bit for bit against the torch dequantization on one expert (the
+    torch one needs ~20 GB of temporaries for all of MiniMax's). Global scales keep activations
+    O(1); w1 and w3 get different ones. dense=False: skip the bf16 copy."""
     from tenk.kernels import nvfp4_gemm as ng
-    from tenk.kernels.nvfp4_moe import dequantize_experts
+    from tenk.kernels.nvfp4_moe import dequantize_experts, tile_moe_experts
 
     g = torch.Generator(device=device).manual_seed(seed)
     e, h, i = shape.experts, shape.hidden, shape.inter
@@ -82,7 +84,10 @@ def make_experts(shape: Shape, device, seed: int = 0, checks: list | None = None
     g13 = torch.stack([torch.full((e,), 0.5, device=device), torch.full((e,), 2.0, device=device)], 1) / (3.0 * h**0.5)
     g2 = torch.full((e,), 1.0, device=device) / (3.0 * i**0.5)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    packed = (*ng.pack_for_kernel(w13, s13), g13, *ng.pack_for_kernel(w2, s2), g2)
+    w13q, w13s, w2q, w2s = (*ng.pack_for_kernel(w13, s13), *ng.pack_for_kernel(w2, s2))
+    if tiles:
+        w13q, w13s, w2q, w2s = tile_moe_experts(w13q, w13s, w2q, w2s, shape.top_k)
+    packed = (w13q, w13s, g13, w2q, w2s, g2)
     if not dense:  # the tuner needs only the NVFP4 weights
         return packed, None
     dense = (ng.dequantize_kernel_layout(packed[0], packed[1], g13, dtype, gs_mode=2),

@@ -243,6 +243,61 @@ def test_moe_bf16_kernel_layout(interpret):
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 1e-2  # bf16 rounding of act, y and out
 
 
+def test_expert_tiles_round_trip_and_refuse_misfits():
+    g = torch.Generator().manual_seed(3)
+    wq = torch.randint(-32768, 32767, (3, 64, 64), generator=g, dtype=torch.int16)
+    sq = torch.randint(-2**31, 2**31 - 1, (3, 64, 4), generator=g, dtype=torch.int32)
+    for rows, cols in ((16, 16), (32, 32), (32, 64)):
+        wt, st = ng.tile_experts(wq, sq, cols, rows)
+        assert wt.shape == (3, 64 // rows, 64 // cols, rows, cols) and st.shape == (3, 64 // rows, 4, rows)
+        assert ng.is_tiled(wt, st) and not ng.is_tiled(wq, sq)
+        assert wt[1, 1, 0, 5, 7] == wq[1, rows + 5, 7] and st[2, 1, 1, 3] == sq[2, rows + 3, 1]
+        assert wt[0, 0, -1, 2, cols - 1] == wq[0, 2, 63]
+        back = ng.untile_experts(wt, st)
+        assert torch.equal(back[0], wq) and torch.equal(back[1], sq)
+        assert ng.expert_layout(wt, st)[:4] + ng.expert_layout(wt, st)[5:6] + ng.expert_layout(wt, st)[7:] == (
+            rows, cols, 64, 64, 64, 4)
+    with pytest.raises(ValueError, match="cannot tile"):
+        ng.tile_experts(wq[:, :48], sq[:, :48], 16)  # 48 rows: no whole 32-row tiles
+    with pytest.raises(ValueError, match="cannot tile"):
+        ng.tile_experts(wq[..., :48], sq[..., :3], 32)  # 48 columns: no whole 32-column chunks
+
+
+@pytest.mark.parametrize("rows,cols", [(16, 16), (32, 32), (32, 64)])
+def test_moe_expert_tiles_bit_for_bit(interpret, rows, cols):
+    """Tiled experts give the row layout's results exactly, through every path (fused, split-K,
+    direct, dequant) and with K steps narrower, equal to and wider than a chunk; the reference
+    reads them too. A block_n that splits a tile group is refused."""
+    x, w, tw, ids = _moe_case(tokens=11, hidden=256, inter=128, experts=6, top_k=3, drop=0.2, seed=7)
+    w13, w2 = ng.pack_for_kernel(w[0], w[1]), ng.pack_for_kernel(w[3], w[4])
+    t13, t2 = ng.tile_experts(*w13, cols, rows), ng.tile_experts(*w2, min(cols, 32), rows)
+    ref = nm.nvfp4_fused_moe_ref(x, *w, tw, ids)
+    assert torch.equal(nm.nvfp4_fused_moe_ref(x, *t13, w[2], *t2, w[5], tw, ids), ref)
+    for cfg in (_moe_cfg(bn=32, bkq=16), _moe_cfg(bn=32, bkq=32, split13=2, split2=2),
+                _moe_cfg(bn=64, bkq=64, direct=True), _moe_cfg(impl="dequant")):
+        want = nm.nvfp4_fused_moe(x, *w13, w[2], *w2, w[5], tw, ids, config=cfg)
+        got = nm.nvfp4_fused_moe(x, *t13, w[2], *t2, w[5], tw, ids, config=cfg)
+        assert torch.equal(got, want) and rel_err(got, ref) < 1e-6
+    if rows == 32:
+        with pytest.raises(ValueError, match="whole expert tiles"):
+            nm.nvfp4_fused_moe(x, *t13, w[2], *t2, w[5], tw, ids, config=_moe_cfg(bn=16))
+
+
+def test_tile_moe_experts_cuts_chunks_as_wide_as_decode_steps():
+    """The load-time tiling reads the launch table's decode K steps; shapes without whole tiles
+    keep the row layout."""
+    w13 = (torch.zeros(4, 2 * 768, 512, dtype=torch.int16), torch.zeros(4, 2 * 768, 32, dtype=torch.int32))
+    w2 = (torch.zeros(4, 2048, 192, dtype=torch.int16), torch.zeros(4, 2048, 12, dtype=torch.int32))
+    t = nm.tile_moe_experts(*w13, *w2, 8)
+    steps = {nm.fit_block_kq(cfg.w13, 512) for cfg in (nm.moe_config(n, 4, 2048, 768, 8) for n in (16, 64, 256))}
+    assert ng.is_tiled(t[0], t[1]) and ng.is_tiled(t[2], t[3]) and t[0].shape[-2] == ng.TILE_ROWS
+    assert len(steps) > 1 or t[0].shape[-1] == steps.pop()
+    odd = (torch.zeros(4, 2 * 80, 512, dtype=torch.int16), torch.zeros(4, 2 * 80, 32, dtype=torch.int32))
+    kept = nm.tile_moe_experts(*odd, torch.zeros(4, 2048, 20, dtype=torch.int16),
+                               torch.zeros(4, 2048, 1, dtype=torch.int32), 8)  # I = 80: no whole 32-row tiles
+    assert kept[0] is odd[0] and not ng.is_tiled(kept[0], kept[1])
+
+
 def test_moe_uses_w1_and_w3_scales_separately(interpret):
     x, w, tw, ids = _moe_case(tokens=6, hidden=64, inter=64, experts=4, top_k=2, seed=9, up_gain=1000.0)
     assert (w[2][:, 1] / w[2][:, 0]).min() > 100  # the two halves' global scales are far apart
@@ -365,11 +420,13 @@ MINIMAX = dict(experts=256, hidden=3072, inter=1536)
 
 
 def _kernel_layout_experts(experts, hidden, inter):
-    """Uninitialised expert weights in the kernel layout: only shapes and dtypes matter to a compile."""
-    return (torch.empty(experts, 2 * inter, hidden // 4, dtype=torch.int16),
-            torch.empty(experts, 2 * inter, hidden // 64, dtype=torch.int32), torch.ones(experts, 2),
-            torch.empty(experts, hidden, inter // 4, dtype=torch.int16),
-            torch.empty(experts, hidden, inter // 64, dtype=torch.int32), torch.ones(experts))
+    """Uninitialised expert weights in expert tiles, as the engine holds them: only shapes and
+    dtypes matter to a compile."""
+    t = nm.tile_moe_experts(torch.empty(experts, 2 * inter, hidden // 4, dtype=torch.int16),
+                            torch.empty(experts, 2 * inter, hidden // 64, dtype=torch.int32),
+                            torch.empty(experts, hidden, inter // 4, dtype=torch.int16),
+                            torch.empty(experts, hidden, inter // 64, dtype=torch.int32), 8)
+    return (t[0], t[1], torch.ones(experts, 2), t[2], t[3], torch.ones(experts))
 
 
 @pytest.fixture
@@ -416,11 +473,11 @@ def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
     y = torch.empty(tokens * 8, shape["hidden"], dtype=torch.bfloat16)
 
     def both():
-        g13 = nm.fit_block_kq(cfg.w13, w[0].shape[2])
+        l13, l2 = ng.expert_layout(w[0], w[1]), ng.expert_layout(w[3], w[4])
         nm_wgmma.moe_gemm_wgmma(x, w[0], w[1], w[2], act, align[0], align[1], tokens * 8, shape["inter"], 8, True, True,
-                                cfg.w13, g13)
+                                cfg.w13, nm.fit_block_kq(cfg.w13, l13[2]), l13)
         nm_wgmma.moe_gemm_wgmma(act, w[3], w[4], w[5].reshape(-1, 1), y, align[0], align[1], tokens * 8, shape["hidden"],
-                                8, False, False, cfg.w2, nm.fit_block_kq(cfg.w2, w[3].shape[2]))
+                                8, False, False, cfg.w2, nm.fit_block_kq(cfg.w2, l2[2]), l2)
 
     results = sm90_compile([nm_wgmma], both)
     assert len(results) == 2  # w1|w3 (gated) and w2
@@ -465,7 +522,8 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("tokens", [1, 16, 256, 2048])
 @pytest.mark.parametrize("model", ["qwen3", "minimax"])
 @pytest.mark.parametrize("impl", ["fused", "dequant", "wgmma"])
-def test_gpu_moe_matches_reference(model, tokens, impl):
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "rows"])
+def test_gpu_moe_matches_reference(model, tokens, impl, tiles):
     shape = QWEN3 if model == "qwen3" else MINIMAX
     x, w, tw, ids = _gpu_moe_case(shape, tokens)
     ref = nm.nvfp4_fused_moe_ref(x, *w, tw, ids)
@@ -475,10 +533,27 @@ def test_gpu_moe_matches_reference(model, tokens, impl):
         cfg = Nvfp4MoeConfig(block_m=cfg.block_m, w13=gemm(cfg.w13), w2=gemm(cfg.w2), impl="wgmma")
     else:
         cfg = Nvfp4MoeConfig(block_m=cfg.block_m, w13=cfg.w13, w2=cfg.w2, impl=impl, direct=cfg.direct)
-    packed = (*ng.pack_for_kernel(w[0], w[1]), w[2], *ng.pack_for_kernel(w[3], w[4]), w[5])
+    packed = (*ng.pack_for_kernel(w[0], w[1]), *ng.pack_for_kernel(w[3], w[4]))
+    if tiles:
+        packed = nm.tile_moe_experts(*packed, 8)
+    packed = (packed[0], packed[1], w[2], packed[2], packed[3], w[5])
     out = torch.full_like(x, float("nan"))
     nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=cfg)
     assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("impl", ["fused", "wgmma"])
+def test_gpu_moe_tiles_bit_for_bit(impl):
+    """Expert tiles and the row layout give identical outputs on the GPU (asm decode, both kernels)."""
+    x, w, tw, ids = _gpu_moe_case(QWEN3, 256 if impl == "fused" else 2048)
+    rows = (*ng.pack_for_kernel(w[0], w[1]), w[2], *ng.pack_for_kernel(w[3], w[4]), w[5])
+    tiles = (*ng.tile_experts(rows[0], rows[1], 32), w[2], *ng.tile_experts(rows[3], rows[4], 32), w[5])
+    gemm = Nvfp4Config(block_m=64, block_n=64, block_kq=32, num_stages=3, num_warps=4)
+    cfg = Nvfp4MoeConfig(block_m=64, w13=gemm, w2=gemm, impl=impl)
+    want = nm.nvfp4_fused_moe(x, *rows, tw, ids, config=cfg)
+    assert torch.equal(nm.nvfp4_fused_moe(x, *tiles, tw, ids, config=cfg), want)
 
 
 @pytest.mark.gpu
@@ -586,6 +661,8 @@ def test_gpu_layers_relayout_and_dispatch():
     before = [getattr(experts, n).data.clone() for n in ("w13_weight", "w13_weight_scale", "w2_weight", "w2_weight_scale")]
     em.process_weights_after_loading(experts)
     assert experts.w13_weight.dtype == torch.int16 and experts.w2_weight.dtype == torch.int16
+    assert ng.is_tiled(experts.w13_weight, experts.w13_weight_scale) and ng.is_tiled(experts.w2_weight,
+                                                                                    experts.w2_weight_scale)
     x = torch.randn(5, 1024, generator=g, device="cuda").bfloat16()
     tw, ids = torch.rand(5, 16, generator=g, device="cuda").softmax(-1).topk(4, dim=-1)
     ids = ids.int()

@@ -44,10 +44,14 @@ from tenk.kernels.moe import (
     store_moe_tile,
 )
 from tenk.kernels.nvfp4_gemm import (
+    TILE_ROWS,
     _accumulate,
     dequantize,
     dequantize_kernel_layout,
+    expert_layout,
     fit_block_kq,
+    tile_experts,
+    tile_offsets,
     to_kernel_layout,
     to_modelopt_layout,
     use_asm,
@@ -60,12 +64,23 @@ SCRATCH_BYTES = 4 << 30  # most bf16 expert bytes the dequant path materialises 
 # ---------------------------------------------------------------- reference
 
 
+def _logical(w: torch.Tensor) -> tuple[int, int, int]:
+    """(E, N, K) of expert weights in any layout: ModelOpt uint8 [E, N, K/2], kernel rows int16
+    [E, N, K/4], expert tiles int16 [E, N/TN, K/64, TN, 16]."""
+    if w.dim() == 5:
+        return w.shape[0], w.shape[1] * w.shape[3], w.shape[2] * w.shape[4] * 4
+    return w.shape[0], w.shape[1], w.shape[2] * (4 if w.dtype == torch.int16 else 2)
+
+
 def _check(x, w13q, w2q, topk_weights, topk_ids) -> tuple[int, int, int, int, int]:
     T, H = x.shape
-    E, two_i, h_packed = w13q.shape
-    per_byte = 4 if w13q.dtype == torch.int16 else 2
+    if w13q.dim() not in (3, 5) or w2q.dim() != w13q.dim():
+        raise ValueError(f"NVFP4 expert weights must be [E, N, K/2] or kernel-laid, got w13 {tuple(w13q.shape)}, "
+                         f"w2 {tuple(w2q.shape)}")
+    E, two_i, h = _logical(w13q)
+    e2, h2, inter2 = _logical(w2q)
     inter = two_i // 2
-    if h_packed * per_byte != H or two_i % 2 or w2q.shape[:2] != (E, H) or w2q.shape[2] * per_byte != inter:
+    if h != H or two_i % 2 or (e2, h2) != (E, H) or inter2 != inter:
         raise ValueError(f"NVFP4 expert weights do not fit: x {tuple(x.shape)}, w13 {tuple(w13q.shape)}, "
                          f"w2 {tuple(w2q.shape)}")
     if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != T:
@@ -93,6 +108,30 @@ def nvfp4_fused_moe_ref(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_
     w13, w2 = dequantize_experts(w13_weight, w13_weight_scale, w13_weight_scale_2, w2_weight, w2_weight_scale,
                                  w2_weight_scale_2, x.dtype)
     return fused_moe_ref(x, w13, w2, topk_weights, topk_ids, out)
+
+
+# ---------------------------------------------------------------- expert tiles (load time)
+
+TILE_FOR_TOKENS = (16, 64, 256)  # the decode buckets whose K steps the tiles are cut for
+
+
+def tile_moe_experts(w13q, w13s, w2q, w2s, top_k: int, device=None):
+    """Kernel-layout experts -> expert tiles (nvfp4_gemm.tile_experts) whose chunks are as wide as
+    the K steps the launch table runs at decode sizes (the most common block_kq over
+    TILE_FOR_TOKENS), where whole 32-row tiles fit (w1's and w3's rows apart). Returns the four
+    tensors, unchanged where they do not tile."""
+    from collections import Counter
+
+    if w13q.dim() != 3 or w13q.dtype != torch.int16:
+        return w13q, w13s, w2q, w2s
+    E, two_i, q13 = w13q.shape
+    H, q2 = w2q.shape[1], w2q.shape[2]
+    if (two_i // 2) % TILE_ROWS or H % TILE_ROWS:
+        return w13q, w13s, w2q, w2s
+    cfgs = [moe_config(t, E, H, two_i // 2, top_k, device or w13q.device) for t in TILE_FOR_TOKENS]
+    cols13 = Counter(fit_block_kq(c.w13, q13) for c in cfgs).most_common(1)[0][0]
+    cols2 = Counter(fit_block_kq(c.w2, q2) for c in cfgs).most_common(1)[0][0]
+    return (*tile_experts(w13q, w13s, cols13), *tile_experts(w2q, w2s, cols2))
 
 
 # ---------------------------------------------------------------- token/expert alignment
@@ -179,6 +218,7 @@ def _nvfp4_moe_gemm_kernel(
     num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
+    TN: tl.constexpr, TQ: tl.constexpr,
 ):
     """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
     token for w13, the pair itself for w2), computed as out^T tiles [BN, BM].
@@ -187,7 +227,9 @@ def _nvfp4_moe_gemm_kernel(
     partials [split, pair, 2N] (gate | up, already scaled) for _silu_mul_reduce_kernel.
     Not GATED (w2): out = acc * gs[e] in out's dtype, or fp32 partials [split, pair, N].
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
-    topk_ids; a token's top-k experts differ, so no weight is read twice."""
+    topk_ids; a token's top-k experts differ, so no weight is read twice.
+    TN, TQ: the weight layout (TN 1: rows; else expert tiles of TN x TQ chunks, nvfp4_gemm.TILE_ROWS);
+    the up half of w1|w3 starts N rows on in either (N * s_wn, N * s_sn: TN divides N)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     if DIRECT:
@@ -202,9 +244,9 @@ def _nvfp4_moe_gemm_kernel(
         return
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
-    rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
-    w_rows = wq_ptr + e * s_we + rows[:, None] * s_wn
-    s_rows = sq_ptr + e * s_se + rows[:, None] * s_sn
+    w_off, s_off = tile_offsets(offs_n, N, s_wn, s_sn, TN, TQ)
+    w_rows = wq_ptr + e * s_we + w_off[:, None]
+    s_rows = sq_ptr + e * s_se + s_off[:, None]
     x_cols = a_ptr + a_row[None, :] * s_ar
     steps = tl.cdiv(Q // BKQ, SPLIT_K)
     k0 = pid_k * steps * BKQ
@@ -213,7 +255,7 @@ def _nvfp4_moe_gemm_kernel(
     acc = tl.zeros([BN, BM], tl.float32)
     acc_up = tl.zeros([BN, BM], tl.float32)
     acc, acc_up = _accumulate(acc, acc_up, w_rows, s_rows, N * s_wn, N * s_sn, x_cols, row_ok[None, :], k0, k1, Q,
-                              BN, BKQ, COMPUTE, USE_ASM, COMPUTE == tl.float32, GATED)
+                              BN, BKQ, COMPUTE, USE_ASM, COMPUTE == tl.float32, GATED, TN, TQ)
 
     g = acc * (tl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
     u = acc_up
@@ -270,25 +312,30 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
 
 def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split, wgmma=False):
     """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode). wgmma: the
-    Gluon kernel (nvfp4_moe_wgmma) instead of the Triton one."""
+    Gluon kernel (nvfp4_moe_wgmma) instead of the Triton one. Weights in either layout."""
     direct = isinstance(align, torch.Tensor)
     sorted_ids, expert_ids = (align, align) if direct else align[:2]
     max_padded = num_pairs if direct else sorted_ids.numel()
-    q = wq.shape[2]
+    layout = expert_layout(wq, sq)
+    tn, tq, _, q = layout[:4]
+    if cfg.block_n % tn:
+        raise ValueError(f"block_n {cfg.block_n} does not cover whole expert tiles of {tn} rows")
     bkq = fit_block_kq(cfg, q)
     if wgmma:
-        moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs, n, topk, gated, a_by_token, cfg, bkq)
+        moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs, n, topk, gated, a_by_token, cfg, bkq,
+                       layout)
         return
     blocks = num_pairs if direct else triton.cdiv(max_padded, cfg.block_m)
     grid = (blocks * triton.cdiv(n, cfg.block_n), split)
     s_or = out.stride(-2)
     s_os = out.stride(0) if split > 1 else 0
+    s_we, s_wn, s_se, s_sn = layout[4:]
     _nvfp4_moe_gemm_kernel[grid](
         a, wq, sq, gs, out, sorted_ids, expert_ids,
-        num_pairs, max_padded, n, q, a.stride(0), wq.stride(0), wq.stride(1), sq.stride(0), sq.stride(1),
+        num_pairs, max_padded, n, q, a.stride(0), s_we, s_wn, s_se, s_sn,
         gs.stride(0), s_or, s_os,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
-        BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a),
+        BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), TN=tn, TQ=tq,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
@@ -331,7 +378,9 @@ def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int,
 
 
 def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
-    E, two_i, q13 = w13q.shape
+    E = w13q.shape[0]
+    two_i, q13 = expert_layout(w13q, w13s)[2:4]
+    q2 = expert_layout(w2q, w2s)[3]
     k = topk_ids.shape[1]
     P = x.shape[0] * k
 
@@ -344,16 +393,17 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
             _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split, wgmma)
 
     return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
-                          _splits(cfg.w13, q13), _splits(cfg.w2, w2q.shape[2]), gemm)
+                          _splits(cfg.w13, q13), _splits(cfg.w2, q2), gemm)
 
 
 def _dequant_path(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, scratch_bytes: int):
     """Dequantize experts to x's dtype (chunks of at most scratch_bytes) and run the bf16 grouped MoE
     (torch._grouped_mm; other dtypes on the GPU: tenk's Triton grouped GEMM)."""
     grouped = fused_moe_grouped_mm if x.dtype == torch.bfloat16 or not x.is_cuda else fused_moe_triton
-    E, two_i, q13 = w13q.shape
+    E = w13q.shape[0]
+    two_i, q13 = expert_layout(w13q, w13s)[2:4]
     H = x.shape[1]
-    per_expert = (two_i * 4 * q13 + H * 4 * w2q.shape[2]) * x.element_size()
+    per_expert = (two_i * 4 * q13 + H * 4 * expert_layout(w2q, w2s)[3]) * x.element_size()
     chunk = max(1, min(E, scratch_bytes // per_expert))
     if chunk >= E:
         w13 = dequantize_kernel_layout(w13q, w13s, g13, x.dtype, gs_mode=2)

@@ -10,8 +10,9 @@ quarters arrive in one cp.async copy. Measured on an H100 by tune_nvfp4.py (whol
 table's Triton winners timed in the same runs): 1.04x to 1.21x for Qwen3-30B-A3B and MiniMax-M2 at
 2,048 to 16,384 tokens, but a tie with the dequant path for Qwen3 at 16,384.
 
-Same weight layout, decode asm and rounding as the Triton kernel (tenk.kernels.nvfp4_gemm), so the
-results are bit for bit the Triton kernel's; nvfp4_moe.nvfp4_fused_moe_ref is the reference of both.
+Same weight layouts (rows or expert tiles), decode asm and rounding as the Triton kernel
+(tenk.kernels.nvfp4_gemm), so the results are bit for bit the Triton kernel's;
+nvfp4_moe.nvfp4_fused_moe_ref is the reference of both.
 GPU only (Gluon has no interpreter): on CPU, or where Gluon is missing, the MoE falls back to the
 Triton kernel.
 """
@@ -31,7 +32,7 @@ except Exception:  # pragma: no cover - exercised only with an older Triton
 
 from tenk.kernels._tiles import grouped_tile
 from tenk.kernels.moe import store_moe_tile
-from tenk.kernels.nvfp4_gemm import _ASM_Q0, _ASM_Q1, _ASM_Q2, _ASM_Q3
+from tenk.kernels.nvfp4_gemm import _ASM_Q0, _ASM_Q1, _ASM_Q2, _ASM_Q3, tile_cols, tile_offsets, tile_step
 
 AVAILABLE = gluon is not None
 
@@ -77,13 +78,13 @@ if AVAILABLE:
                                          is_pure=True, pack=2)
 
     @gluon.jit
-    def _issue(step, buf, h_smem, hu_smem, x_smem, w_base, up_off, x_base, x_ok, cols, Q,
-               GATED: gl.constexpr, BKQ: gl.constexpr):
+    def _issue(step, buf, h_smem, hu_smem, x_smem, w_base, up_off, x_base, x_ok, cols, wcols, Q,
+               GATED: gl.constexpr, BKQ: gl.constexpr, TN: gl.constexpr, TQ: gl.constexpr):
         """cp.async of K step `step` into ring slot buf: the weight tile (and the up half's), and x's
         four quarters stacked as one [4 * BM, BKQ] tile. Steps past K copy nothing."""
         kk = step * BKQ
         kmask = gl.expand_dims(kk + cols < Q, 0)
-        w = w_base + gl.expand_dims(kk + cols, 0)
+        w = w_base + tile_step(kk, BKQ, TN, TQ) + wcols
         cp.async_copy_global_to_shared(h_smem.index(buf), w, mask=kmask)
         if GATED:
             cp.async_copy_global_to_shared(hu_smem.index(buf), w + up_off, mask=kmask)
@@ -95,10 +96,11 @@ if AVAILABLE:
         num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or,
         TOPK: gl.constexpr, GATED: gl.constexpr, A_BY_TOKEN: gl.constexpr,
         BM: gl.constexpr, BN: gl.constexpr, BKQ: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-        num_warps: gl.constexpr,
+        TN: gl.constexpr, TQ: gl.constexpr, num_warps: gl.constexpr,
     ):
         """out^T tile [BN weight rows, BM pairs] of one expert block, as _nvfp4_moe_gemm_kernel
-        (SPLIT_K 1, aligned blocks): GATED writes silu(gate) * up rounded like the unfused path."""
+        (SPLIT_K 1, aligned blocks, either weight layout): GATED writes silu(gate) * up rounded like
+        the unfused path."""
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                       instr_shape=[16, BM, 16])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -122,15 +124,17 @@ if AVAILABLE:
         x_ok = gl.expand_dims(row_ok, 1)
         cols = gl.arange(0, BKQ, layout=gl.SliceLayout(0, ld))
         rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, ld))
-        rows = gl.where(rows < N, rows, 0).to(gl.int64)  # masked rows re-read row 0; the store drops them
-        w_base = wq_ptr + e * s_we + gl.expand_dims(rows * s_wn, 1)
+        # masked rows re-read valid ones; the store drops them
+        w_off, unused = tile_offsets(rows, N, s_wn, s_sn, TN, TQ)
+        w_base = wq_ptr + e * s_we + gl.expand_dims(w_off, 1)
+        wcols = gl.expand_dims(tile_cols(cols, BKQ, TN, TQ), 0)
         up_off = N * s_wn
 
         # scale words are read straight into the MMA operand layout (element k: its 16-group's word)
         rows_a = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, a_l))
-        rows_a = gl.where(rows_a < N, rows_a, 0).to(gl.int64)
         cols_a = gl.arange(0, BKQ, layout=gl.SliceLayout(0, a_l))
-        s_base = sq_ptr + e * s_se + gl.expand_dims(rows_a * s_sn, 1) + gl.expand_dims(cols_a // 16, 0)
+        unused, s_off = tile_offsets(rows_a, N, s_wn, s_sn, TN, TQ)
+        s_base = sq_ptr + e * s_se + gl.expand_dims(s_off, 1) + gl.expand_dims((cols_a // 16) * TN, 0)
         su_off = N * s_sn
 
         h_sl: gl.constexpr = _smem_layout(BKQ, 16)
@@ -143,22 +147,23 @@ if AVAILABLE:
 
         steps = gl.cdiv(Q, BKQ)
         for s in gl.static_range(STAGES - 1):
-            _issue(s, s, h_smem, hu_smem, x_smem, w_base, up_off, x_base, x_ok, cols, Q, GATED, BKQ)
+            _issue(s, s, h_smem, hu_smem, x_smem, w_base, up_off, x_base, x_ok, cols, wcols, Q, GATED, BKQ, TN, TQ)
             cp.commit_group()
 
         acc = gl.zeros([BN, BM], gl.float32, layout=mma)
         acc_u = gl.zeros([BN, BM], gl.float32, layout=mma)
         for j in range(steps):
             # this step's scale words first: their latency runs under the wait, barrier and next copies
-            sv = gl.load(s_base + j * (BKQ // 16))
+            sv = gl.load(s_base + j * (BKQ // 16 * TN))
             svu = sv
             if GATED:
-                svu = gl.load(s_base + su_off + j * (BKQ // 16))
+                svu = gl.load(s_base + su_off + j * (BKQ // 16 * TN))
             buf = j % STAGES
             cp.wait_group(STAGES - 2)
             gl.thread_barrier()  # every thread's copies of step j landed; slot j - 1's readers are done
             nxt = j + STAGES - 1
-            _issue(nxt, nxt % STAGES, h_smem, hu_smem, x_smem, w_base, up_off, x_base, x_ok, cols, Q, GATED, BKQ)
+            _issue(nxt, nxt % STAGES, h_smem, hu_smem, x_smem, w_base, up_off, x_base, x_ok, cols, wcols, Q, GATED,
+                   BKQ, TN, TQ)
             cp.commit_group()
 
             sc = _scales(sv)
@@ -206,14 +211,16 @@ if AVAILABLE:
 
 
 def moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs: int, n: int, topk: int, gated: bool,
-                   a_by_token: bool, cfg, block_kq: int) -> None:
-    """One grouped GEMM of the fused MoE (nvfp4_moe._gemm's contract, no split-K, aligned blocks)."""
+                   a_by_token: bool, cfg, block_kq: int, layout) -> None:
+    """One grouped GEMM of the fused MoE (nvfp4_moe._gemm's contract, no split-K, aligned blocks);
+    layout: nvfp4_gemm.expert_layout of the weights."""
+    tn, tq, _, q, s_we, s_wn, s_se, s_sn = layout
     max_padded = sorted_ids.numel()
     grid = (triton.cdiv(max_padded, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     _nvfp4_moe_wgmma_kernel[grid](
         a, wq, sq, gs, out, sorted_ids, expert_ids,
-        num_pairs, max_padded, n, wq.shape[2], a.stride(0), wq.stride(0), wq.stride(1), sq.stride(0), sq.stride(1),
+        num_pairs, max_padded, n, q, a.stride(0), s_we, s_wn, s_se, s_sn,
         gs.stride(0), out.stride(-2),
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, BM=cfg.block_m, BN=cfg.block_n, BKQ=block_kq,
-        GROUP_M=cfg.group_m, STAGES=max(2, cfg.num_stages), num_warps=cfg.num_warps,
+        GROUP_M=cfg.group_m, STAGES=max(2, cfg.num_stages), TN=tn, TQ=tq, num_warps=cfg.num_warps,
     )

@@ -93,6 +93,19 @@ class Nvfp4LinearMethod:
         return ops.nvfp4_linear(x, layer.weight, layer.weight_scale, layer.weight_scale_2, layer.shard_sizes, bias)
 
 
+def _tile_experts(layer: nn.Module) -> None:
+    """Re-laid experts go on into expert tiles (tenk.kernels.nvfp4_moe.tile_moe_experts: the decode
+    GEMMs stream them in contiguous chunks) where whole tiles fit."""
+    from tenk.kernels.nvfp4_moe import tile_moe_experts
+
+    names = ("w13_weight", "w13_weight_scale", "w2_weight", "w2_weight_scale")
+    params = [getattr(layer, n) for n in names]
+    if params[0].dtype != torch.int16:
+        return
+    for p, t in zip(params, tile_moe_experts(*(p.data for p in params), getattr(layer, "top_k", 8))):
+        p.data = t
+
+
 # ----------------------------------------------------------------------------------- NVFP4 MoE
 
 
@@ -116,6 +129,7 @@ class Nvfp4MoEMethod:
         if (layer.w13_weight.shape[-1] * 2) % 64 == 0 and (layer.w2_weight.shape[-1] * 2) % 64 == 0:
             _relayout_for_kernels(layer, "w13_weight", "w13_weight_scale")  # both or neither: ops
             _relayout_for_kernels(layer, "w2_weight", "w2_weight_scale")  # dispatches on the pair
+            _tile_experts(layer)
 
     def apply(self, layer, x, topk_weights, topk_ids):
         return ops.nvfp4_moe(
