@@ -170,7 +170,7 @@ def to_modelopt_layout(weight: torch.Tensor, weight_scale: torch.Tensor) -> tupl
 # TN * TQ * 2 contiguous bytes. Block scales: [..., N/TN, Q/16, TN]. Same values, same kernels (TN,
 # TQ constexprs pick the addressing; TN = 1 is the row layout), same results bit for bit, and any
 # BKQ still works (slower when it is not TQ). On an H100, with the tables' decode configs, each
-# GEMM moved 4% to 10% more bytes per second from [BN, BKQ] row-major chunks than from rows, while
+# GEMM moved 3% to 10% more bytes per second from [BN, BKQ] row-major chunks than from rows, while
 # chunks of 16 columns (every BKQ whole chunks) were no faster than rows.
 TILE_ROWS = 32  # rows per tile group: divides every MoE block_n (32, 64, 128) and the dequant kernel's 32
 
