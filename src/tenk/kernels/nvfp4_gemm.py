@@ -172,7 +172,9 @@ def to_modelopt_layout(weight: torch.Tensor, weight_scale: torch.Tensor) -> tupl
 # BKQ still works (slower when it is not TQ). On an H100, with the tables' decode configs, each
 # GEMM moved 3% to 10% more bytes per second from [BN, BKQ] row-major chunks than from rows, while
 # chunks of 16 columns (every BKQ whole chunks) were no faster than rows.
-TILE_ROWS = 32  # rows per tile group: divides every MoE block_n (32, 64, 128) and the dequant kernel's 32
+# rows per tile group (any block_n works: rows are addressed one by one). 16 to 128 measured within
+# 2% of each other at 16 to 1,024 tokens on an H100; 32 was 5% ahead at 1 token for Qwen3-30B-A3B
+TILE_ROWS = 32
 
 
 def is_tiled(wq: torch.Tensor, sq: torch.Tensor) -> bool:

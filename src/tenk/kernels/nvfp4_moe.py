@@ -318,8 +318,6 @@ def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg,
     max_padded = num_pairs if direct else sorted_ids.numel()
     layout = expert_layout(wq, sq)
     tn, tq, _, q = layout[:4]
-    if cfg.block_n % tn:
-        raise ValueError(f"block_n {cfg.block_n} does not cover whole expert tiles of {tn} rows")
     bkq = fit_block_kq(cfg, q)
     if wgmma:
         moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs, n, topk, gated, a_by_token, cfg, bkq,
