@@ -280,7 +280,7 @@ def test_moe_expert_tiles_bit_for_bit(interpret, rows, cols):
         assert torch.equal(got, want) and rel_err(got, ref) < 1e-6
 
 
-def test_tile_moe_experts_cuts_chunks_as_wide_as_decode_steps():
+def test_tile_moe_experts_cuts_chunks_as_wide_as_decode_steps(monkeypatch):
     """The load-time tiling reads the launch table's decode K steps; shapes without whole tiles
     keep the row layout."""
     w13 = (torch.zeros(4, 2 * 768, 512, dtype=torch.int16), torch.zeros(4, 2 * 768, 32, dtype=torch.int32))
@@ -293,6 +293,8 @@ def test_tile_moe_experts_cuts_chunks_as_wide_as_decode_steps():
     kept = nm.tile_moe_experts(*odd, torch.zeros(4, 2048, 20, dtype=torch.int16),
                                torch.zeros(4, 2048, 1, dtype=torch.int32), 8)  # I = 80: no whole 32-row tiles
     assert kept[0] is odd[0] and not ng.is_tiled(kept[0], kept[1])
+    monkeypatch.setenv(nm.TILES_ENV, "0")
+    assert nm.tile_moe_experts(*w13, *w2, 8)[0] is w13[0]  # switched off: the row layout stays
 
 
 def test_moe_uses_w1_and_w3_scales_separately(interpret):

@@ -113,16 +113,18 @@ def nvfp4_fused_moe_ref(x, w13_weight, w13_weight_scale, w13_weight_scale_2, w2_
 # ---------------------------------------------------------------- expert tiles (load time)
 
 TILE_FOR_TOKENS = (16, 64, 256)  # the decode buckets whose K steps the tiles are cut for
+TILES_ENV = "TENK_NVFP4_EXPERT_TILES"  # "0": keep the row layout (to compare; results are identical)
 
 
 def tile_moe_experts(w13q, w13s, w2q, w2s, top_k: int, device=None):
     """Kernel-layout experts -> expert tiles (nvfp4_gemm.tile_experts) whose chunks are as wide as
     the K steps the launch table runs at decode sizes (the most common block_kq over
     TILE_FOR_TOKENS), where whole 32-row tiles fit (w1's and w3's rows apart). Returns the four
-    tensors, unchanged where they do not tile."""
+    tensors, unchanged where they do not tile or TENK_NVFP4_EXPERT_TILES=0."""
+    import os
     from collections import Counter
 
-    if w13q.dim() != 3 or w13q.dtype != torch.int16:
+    if w13q.dim() != 3 or w13q.dtype != torch.int16 or os.environ.get(TILES_ENV, "1") == "0":
         return w13q, w13s, w2q, w2s
     E, two_i, q13 = w13q.shape
     H, q2 = w2q.shape[1], w2q.shape[2]
