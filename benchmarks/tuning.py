@@ -229,7 +229,8 @@ def _descend(start, variants, measure, deadline: float, trials: list | None, sta
 
 def gemm_variants(field: str, knobs: dict):
     """Knob variants of one GEMM's config inside a MoE config (field 'w13'/'w2') or of a bare GEMM
-    config (field ''). knobs: name -> values; "tile" values are (block_n, num_warps)."""
+    config (field ''). knobs: name -> values; "tile" values are (block_n, num_warps); a dict value
+    changes several fields at once (a whole tile shape)."""
 
     def get(c):
         return getattr(c, field) if field else c
@@ -242,7 +243,10 @@ def gemm_variants(field: str, knobs: dict):
 
         def make(c, knob=knob, values=values):
             g = get(c)
-            changes = [dict(block_n=bn, num_warps=w) for bn, w in values] if knob == "tile" else [{knob: v} for v in values]
+            if knob == "tile":
+                changes = [dict(block_n=bn, num_warps=w) for bn, w in values]
+            else:
+                changes = [v if isinstance(v, dict) else {knob: v} for v in values]
             out = []
             for change in changes:
                 try:

@@ -70,6 +70,10 @@ def test_gemm_variants_change_one_knob_of_one_gemm():
     variants = dict(tuning.gemm_variants("w2", {"tile": [(128, 8)], "split_k": [4]}))
     (tile,) = variants["w2.tile"](cfg)
     assert (tile.w2.block_n, tile.w2.num_warps) == (128, 8) and tile.w13 == cfg.w13
+    (whole,) = dict(tuning.gemm_variants("w2", {"whole_tile": [dict(block_n=128, num_warps=4, block_k=64,
+                                                                    num_stages=3)]}))["w2.whole_tile"](cfg)
+    assert (whole.w2.block_n, whole.w2.num_warps, whole.w2.block_k, whole.w2.num_stages) == (128, 4, 64, 3)
+    assert whole.w13 == cfg.w13 and whole.w2.split_k == cfg.w2.split_k
     (split,) = variants["w2.split_k"](cfg)
     assert split.w2.split_k == 4 and dataclasses.replace(split.w2, split_k=cfg.w2.split_k) == cfg.w2
     (bm32,) = [c for c in tuning.block_m_variants()[0][1](cfg) if c.block_m == 32]
