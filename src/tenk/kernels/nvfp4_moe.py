@@ -3,8 +3,9 @@ w1|w3 and w2 (DESIGN.md "Quantized formats", "Fused MoE").
 
 Shapes (T tokens, H hidden, I expert FFN width, E experts, k experts per token, P = T * k pairs):
   x                    [T, H] bf16 (fp32 under the interpreter)
-  w13_weight           [E, 2I, H/2] uint8 (ModelOpt) or [E, 2I, H/4] int16 (kernel layout, nvfp4_gemm)
-  w13_weight_scale     [E, 2I, H/16] E4M3               or [E, 2I, H/64] int32
+  w13_weight           [E, 2I, H/2] uint8 (ModelOpt) or [E, 2I, H/4] int16 (kernel layout, nvfp4_gemm;
+                       expert tiles: [E, 2I/32, H/4/TQ, 32, TQ])
+  w13_weight_scale     [E, 2I, H/16] E4M3               or [E, 2I, H/64] int32 (tiles: [E, 2I/32, H/64, 32])
   w13_weight_scale_2   [E, 2] fp32: w1's global scale (gate rows), w3's (up rows), never merged
   w2_weight            [E, H, I/2] / [E, H, I/4];  w2_weight_scale [E, H, I/16] / [E, H, I/64]
   w2_weight_scale_2    [E] fp32
@@ -24,6 +25,9 @@ size.
 GEMMs over it, measured 1.6x to 5.4x slower than the fused kernel at 1,024 to 16,384 tokens on an
 H100: Triton's wgmma waits for each MMA whose operand was produced in registers, so the
 dequantization never overlaps the tensor cores; it was removed.)
+Weights come in either kernel layout: rows, or the expert tiles the engine stores on a GPU
+(tile_moe_experts: chunks of 32 rows by the decode K step, read whole by each step; results are
+identical).
 `nvfp4_fused_moe_ref` (dequantize + fused_moe_ref) has the same signature.
 """
 
