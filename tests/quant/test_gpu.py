@@ -33,20 +33,28 @@ def test_quantizing_on_the_gpu_gives_the_cpus_bits(opts):
         assert a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
-def test_nvfp4_model_on_gpu_matches_dequantized_bf16(tiny_qwen3_moe, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["tiny_qwen3_moe", "tiny_qwen3_moe_wide"])
+def test_nvfp4_model_on_gpu_matches_dequantized_bf16(checkpoint, request, tmp_path):
+    """The wide checkpoint's experts (hidden and FFN 128) take the NVFP4 MoE kernels on expert
+    tiles; the narrow one's FFN of 32 is below the kernels' K of 64 and takes the torch path."""
     from tenk.kernels.attention import AttentionMetadata
+    from tenk.kernels.nvfp4_gemm import is_tiled
     from tenk.models.config import ModelConfig
     from tenk.models.loader import load_model
     from tenk.quant import parse_quant_config, quant_factory, tensor_adapter
     from tenk.quant.dequantize import dequantize_checkpoint
 
-    quantize_checkpoint(tiny_qwen3_moe, tmp_path / "q", QuantizeOptions(format="nvfp4", targets="all-linear", device="cuda"))
+    source = request.getfixturevalue(checkpoint)
+    quantize_checkpoint(source, tmp_path / "q", QuantizeOptions(format="nvfp4", targets="all-linear", device="cuda"))
     dequantize_checkpoint(tmp_path / "q", tmp_path / "plain", torch.bfloat16)
 
     def run(path):
         cfg = ModelConfig.from_dir(path)
         q = parse_quant_config(cfg.quantization)
         model = load_model(cfg, str(path), "cuda", torch.bfloat16, quant_factory=quant_factory(q), name_transform=tensor_adapter(q))
+        experts = [m for m in model.modules() if hasattr(m, "w13_weight_scale")]
+        tiled.extend(is_tiled(m.w13_weight, m.w13_weight_scale) and is_tiled(m.w2_weight, m.w2_weight_scale)
+                     for m in experts)
         seqs = [torch.arange(9) * 7 % 256, torch.arange(4) + 3]
         lens = [len(s) for s in seqs]
         pos = torch.cat([torch.arange(n) for n in lens]).cuda()
@@ -55,6 +63,8 @@ def test_nvfp4_model_on_gpu_matches_dequantized_bf16(tiny_qwen3_moe, tmp_path):
             return model.compute_logits(model(torch.cat(seqs).cuda(), pos, meta))
 
     # The NVFP4 kernels dequantize exactly but sum in another order than the bf16 GEMMs.
+    tiled = []
     ours, ref = run(tmp_path / "q"), run(tmp_path / "plain")
+    assert tiled and all(tiled) == (checkpoint == "tiny_qwen3_moe_wide")
     assert ((ours - ref).norm() / ref.norm()).item() < 1e-2
     assert (ours.argmax(-1) == ref.argmax(-1)).float().mean().item() > 0.9
