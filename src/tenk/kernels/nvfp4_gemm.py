@@ -472,7 +472,7 @@ def dequantize_kernel_layout(wq: torch.Tensor, sq: torch.Tensor, gs: torch.Tenso
         out = torch.empty((E, N, 4 * Q), dtype=dtype, device=wq.device)
     gs = gs.reshape(E, -1).float().contiguous()
     bkq = 64 if Q % 64 == 0 else (32 if Q % 32 == 0 else 16)
-    bn = 32  # a multiple of TILE_ROWS
+    bn = 32
     _nvfp4_dequant_kernel[(triton.cdiv(N, bn), Q // bkq, E)](
         wq, sq, gs, out, N, Q, s_we, s_wn, s_se, s_sn, gs.stride(0),
         out.stride(0), out.stride(1), GS_MODE=gs_mode, BN=bn, BKQ=bkq, TN=tn, TQ=tq, num_warps=4,

@@ -33,6 +33,9 @@ identical).
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+
 import torch
 
 from tenk.kernels._common import next_pow2
@@ -70,7 +73,7 @@ SCRATCH_BYTES = 4 << 30  # most bf16 expert bytes the dequant path materialises 
 
 def _logical(w: torch.Tensor) -> tuple[int, int, int]:
     """(E, N, K) of expert weights in any layout: ModelOpt uint8 [E, N, K/2], kernel rows int16
-    [E, N, K/4], expert tiles int16 [E, N/TN, K/64, TN, 16]."""
+    [E, N, K/4], expert tiles int16 [E, N/TN, Q/TQ, TN, TQ] (Q = K/4)."""
     if w.dim() == 5:
         return w.shape[0], w.shape[1] * w.shape[3], w.shape[2] * w.shape[4] * 4
     return w.shape[0], w.shape[1], w.shape[2] * (4 if w.dtype == torch.int16 else 2)
@@ -125,9 +128,6 @@ def tile_moe_experts(w13q, w13s, w2q, w2s, top_k: int, device=None):
     the K steps the launch table runs at decode sizes (the most common block_kq over
     TILE_FOR_TOKENS), where whole 32-row tiles fit (w1's and w3's rows apart). Returns the four
     tensors, unchanged where they do not tile or TENK_NVFP4_EXPERT_TILES=0."""
-    import os
-    from collections import Counter
-
     if w13q.dim() != 3 or w13q.dtype != torch.int16 or os.environ.get(TILES_ENV, "1") == "0":
         return w13q, w13s, w2q, w2s
     E, two_i, q13 = w13q.shape
@@ -316,13 +316,13 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
     tl.store(out_ptr + t * s_ot + c, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _gemm(a, wq, sq, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split, wgmma=False):
+def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split, wgmma=False):
     """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode). wgmma: the
-    Gluon kernel (nvfp4_moe_wgmma) instead of the Triton one. Weights in either layout."""
+    Gluon kernel (nvfp4_moe_wgmma) instead of the Triton one. Weights in either layout (layout:
+    their expert_layout)."""
     direct = isinstance(align, torch.Tensor)
     sorted_ids, expert_ids = (align, align) if direct else align[:2]
     max_padded = num_pairs if direct else sorted_ids.numel()
-    layout = expert_layout(wq, sq)
     tn, tq, _, q = layout[:4]
     bkq = fit_block_kq(cfg, q)
     if wgmma:
@@ -383,8 +383,8 @@ def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int,
 
 def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: Nvfp4MoeConfig):
     E = w13q.shape[0]
-    two_i, q13 = expert_layout(w13q, w13s)[2:4]
-    q2 = expert_layout(w2q, w2s)[3]
+    l13, l2 = expert_layout(w13q, w13s), expert_layout(w2q, w2s)
+    two_i, q13, q2 = l13[2], l13[3], l2[3]
     k = topk_ids.shape[1]
     P = x.shape[0] * k
 
@@ -392,9 +392,9 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
 
     def gemm(first, a, dst, align, split):
         if first:
-            _gemm(a, w13q, w13s, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split, wgmma)
+            _gemm(a, w13q, w13s, l13, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split, wgmma)
         else:
-            _gemm(a, w2q, w2s, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split, wgmma)
+            _gemm(a, w2q, w2s, l2, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split, wgmma)
 
     return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
                           _splits(cfg.w13, q13), _splits(cfg.w2, q2), gemm)

@@ -100,8 +100,6 @@ def _tile_experts(layer: nn.Module) -> None:
 
     names = ("w13_weight", "w13_weight_scale", "w2_weight", "w2_weight_scale")
     params = [getattr(layer, n) for n in names]
-    if params[0].dtype != torch.int16:
-        return
     for p, t in zip(params, tile_moe_experts(*(p.data for p in params), getattr(layer, "top_k", 8))):
         p.data = t
 
