@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -140,3 +142,29 @@ def assert_shipped_tables_load(fmt: str, moe_cls, dense_cls) -> None:
             for entries in table[section].values():
                 for entry in entries.values():
                     cls.from_dict(entry)
+
+
+_GLOBAL_ACCESS = re.compile(r"\b(ld\.global|st\.global|atom\.global|red\.global|cp\.async)")
+
+
+def assert_waits_first(results: list[dict]) -> None:
+    """Each sm90_compile result was built for programmatic dependent launch: griddepcontrol.wait
+    comes before the first global load, store, atomic or copy (else the kernel reads a buffer its
+    predecessor is still writing, or overwrites one still being read), and the next launch is
+    released only after the wait."""
+    assert results
+    for r in results:
+        ptx = r["ptx"]
+        wait, release = ptx.find("griddepcontrol.wait"), ptx.find("griddepcontrol.launch_dependents")
+        first = _GLOBAL_ACCESS.search(ptx)
+        assert 0 <= wait < release, r["name"]
+        assert first is not None and wait < first.start(), (r["name"], first.group(0))
+
+
+def align_kernels(pairs: int) -> list[str]:
+    """The launches of nvfp4_moe.moe_align_block_size_triton for this many (token, expert) pairs."""
+    from tenk.kernels import nvfp4_moe
+
+    if pairs <= nvfp4_moe.ALIGN_ONE_CTA_MAX_PAIRS:
+        return ["_moe_align_kernel"]
+    return ["_align_count_kernel", "_align_runs_kernel", "_align_scatter_kernel"]

@@ -7,6 +7,7 @@ import torch
 
 from tenk.kernels import activation, attention_triton, moe, rmsnorm, rotary
 from tenk.kernels.testing import make_attention_case
+from tests.kernels.conftest import assert_waits_first
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 MAX_SHARED = 227 * 1024  # H100 per-block limit
@@ -110,3 +111,25 @@ def test_small_ops_compile(sm90_compile):
            ["_rotary_kernel"])
     _check(sm90_compile(activation, lambda: activation.silu_and_mul_triton(torch.randn(64, 1536).bfloat16())),
            ["_silu_and_mul_kernel"])
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_decode_layer_kernels_wait_first_under_pdl(sm90_compile, monkeypatch, splits):
+    """Under programmatic dependent launch the attention half of a decode layer (QK-norm, RoPE, KV
+    store, decode and its split reduce) runs as a chain of overlapping launches: each kernel waits
+    for its predecessor before touching global memory."""
+    modules = [rmsnorm, rotary, attention_triton]
+    for m in modules:
+        monkeypatch.setattr(m, "use_pdl", lambda device: True)
+    heads = torch.randn(8, 40, 128).bfloat16()[:, :32]
+    q, k = torch.randn(3, 32, 128).bfloat16(), torch.randn(3, 4, 128).bfloat16()
+
+    def layer():
+        rmsnorm.rms_norm_triton(heads, torch.ones(128).bfloat16(), 1e-6)
+        rotary.apply_rotary_triton(q, k, torch.arange(3), rotary.rope_cos_sin_cache(128, 128, 1e6), 128)
+        _attention([(3000, 1), (17, 1), (600, 1)], 32, 4, 128, num_kv_splits=splits)()
+
+    results = sm90_compile(modules, layer)
+    expected = ["_rms_norm_kernel", "_rotary_kernel", "_store_kv_kernel", "_decode_kernel"]
+    _check(results, expected + (["_decode_reduce_kernel"] if splits > 1 else []))
+    assert_waits_first(results)

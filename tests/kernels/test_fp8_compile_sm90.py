@@ -10,7 +10,7 @@ from tenk.kernels import fp8_gemm as fg
 from tenk.kernels import fp8_moe as fm
 from tenk.kernels import nvfp4_gemm as ng  # its split-K reduce finishes the FP8 GEMM too
 from tenk.kernels.configs.fp8 import dense_config, moe_config
-from tests.kernels.conftest import assert_fits_sm90
+from tests.kernels.conftest import align_kernels, assert_fits_sm90
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 E, H, I, TOP_K = 256, 3072, 768, 8
@@ -46,8 +46,8 @@ def test_fp8_moe_compiles_for_sm90(sm90, scheme, tokens):
     results = sm90([fm, nvfp4_moe], lambda: fm.fp8_fused_moe(
         x, w13, s13, w2, s2, torch.full((tokens, TOP_K), 1.0 / TOP_K), ids, scheme, config=cfg))
     expected = ["_fp8_moe_gemm_kernel", "_combine_splits_kernel"]
-    if not cfg.direct and tokens * TOP_K <= nvfp4_moe.ALIGN_MAX_PAIRS:  # larger batches align with torch ops
-        expected.append("_moe_align_kernel")
+    if not cfg.direct:
+        expected += align_kernels(tokens * TOP_K)
     if cfg.w13.split_k > 1:
         expected.append("_silu_mul_reduce_kernel")
     assert_fits_sm90(results, expected)

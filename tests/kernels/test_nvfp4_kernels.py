@@ -6,6 +6,7 @@ over every int16 pattern and every E4M3 scale, and compiled for sm_90 (no spills
 within an H100's). GPU-marked tests run the real thing at model shapes and skip without CUDA.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm, nvfp4_moe_wgmma
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
-from tests.kernels.conftest import assert_fits_sm90, assert_shipped_tables_load
+from tests.kernels.conftest import align_kernels, assert_fits_sm90, assert_shipped_tables_load, assert_waits_first
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
 
@@ -324,18 +325,22 @@ def test_moe_dequant_path_in_chunks(interpret):
     assert rel_err(out, ref) < 1e-6
 
 
+@pytest.mark.parametrize("one_cta", [True, False], ids=["one_cta", "multi_cta"])
 @pytest.mark.parametrize("tokens,top_k,experts,block_m,chunk", [(1, 8, 128, 16, None), (37, 3, 6, 16, None),
                                                                 (300, 8, 64, 64, None), (300, 8, 64, 16, 256),
                                                                 (40, 8, 256, 16, None), (64, 8, 128, 64, None)])  # fmt: skip
-def test_align_kernel_matches_torch_blocks(interpret, tokens, top_k, experts, block_m, chunk):
+def test_align_kernel_matches_torch_blocks(interpret, monkeypatch, one_cta, tokens, top_k, experts, block_m, chunk):
     """chunk 256 < 2,400 pairs: the passes over the pairs carry the histogram and cursors along.
     256 experts with 16-row blocks: more blocks than pairs; 64 tokens of 128 experts: empty experts
-    between used ones, whose runs end where the previous one's did."""
+    between used ones, whose runs end where the previous one's did. Multi-CTA: 256 pairs and 4 token
+    blocks per program, so several programs share the counts, the cursors and the block experts."""
+    monkeypatch.setattr(nm, "ALIGN_CTA_PAIRS", 256)
+    monkeypatch.setattr(nm, "ALIGN_CTA_BLOCKS", 4)
     g = torch.Generator().manual_seed(tokens)
     ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)]).int()
     ids[torch.rand(tokens, top_k, generator=g) < 0.2] = -1
     want = moe.moe_align_block_size(ids, experts, block_m)
-    got = nm.moe_align_block_size_triton(ids, experts, block_m, chunk)
+    got = nm.moe_align_block_size_triton(ids, experts, block_m, chunk, one_cta=one_cta)
     n = int(want[2])
     assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2]) and torch.equal(got[0][n:], want[0][n:])
     for b in range(0, n, block_m):  # same pairs in each block (their order inside an expert may differ)
@@ -447,11 +452,32 @@ def test_moe_compiles_for_sm90(gpu_variant, model, tokens):
     w = _kernel_layout_experts(experts, shape["hidden"], shape["inter"])
     results = gpu_variant([nm], lambda: nm.nvfp4_fused_moe(x, *w, torch.full((tokens, 8), 0.125), ids, config=cfg))
     expected = ["_nvfp4_moe_gemm_kernel", "_combine_splits_kernel"]
-    if not cfg.direct and tokens * 8 <= nm.ALIGN_MAX_PAIRS:  # larger batches align with torch ops
-        expected.append("_moe_align_kernel")
+    if not cfg.direct:
+        expected += align_kernels(tokens * 8)
     if cfg.w13.split_k > 1:
         expected.append("_silu_mul_reduce_kernel")
     assert_fits_sm90(results, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [1, 64])
+def test_moe_pdl_variant_waits_before_memory(gpu_variant, monkeypatch, tokens):
+    """Under programmatic dependent launch each kernel of the decode MoE may start while its
+    predecessor still runs: every one waits for it before touching global memory."""
+    monkeypatch.setattr(nm, "use_pdl", lambda device: True)
+    cfg = heuristic_moe(tokens, QWEN3["experts"], QWEN3["hidden"], QWEN3["inter"], 8)
+    cfg = dataclasses.replace(cfg, w13=dataclasses.replace(cfg.w13, split_k=2),
+                              w2=dataclasses.replace(cfg.w2, split_k=2))  # the SiLU reduce launches too
+    experts = 8
+    x = torch.empty(tokens, QWEN3["hidden"], dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts)[:8] for _ in range(tokens)]).int()
+    w = _kernel_layout_experts(experts, QWEN3["hidden"], QWEN3["inter"])
+    results = gpu_variant([nm], lambda: nm.nvfp4_fused_moe(x, *w, torch.full((tokens, 8), 0.125), ids, config=cfg))
+    expected = ["_nvfp4_moe_gemm_kernel", "_silu_mul_reduce_kernel", "_nvfp4_moe_gemm_kernel", "_combine_splits_kernel"]
+    if not cfg.direct:
+        expected.insert(0, "_moe_align_kernel")
+    assert sorted(r["name"] for r in results) == sorted(expected)
+    assert_waits_first(results)
 
 
 @pytest.mark.slow
@@ -484,12 +510,14 @@ def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pairs,experts,block_m", [(8192, 256, 16), (8192, 128, 64), (512, 128, 16)])
+@pytest.mark.parametrize("pairs,experts,block_m", [(8192, 256, 16), (8192, 128, 64), (512, 128, 16),
+                                                   (131072, 256, 16), (131072, 128, 128)])  # fmt: skip
 def test_align_compiles_for_sm90(sm90_compile, pairs, experts, block_m):
-    """The one-CTA align kernel up to ALIGN_MAX_PAIRS (its block histogram grows with the blocks)."""
+    """The one-CTA align kernel up to ALIGN_ONE_CTA_MAX_PAIRS (its block histogram grows with the
+    blocks), the multi-CTA ones above (16,384 tokens of top-8)."""
     ids = torch.randint(0, experts, (pairs // 8, 8), dtype=torch.int32)
     results = sm90_compile([nm], lambda: nm.moe_align_block_size_triton(ids, experts, block_m))
-    assert_fits_sm90(results, ["_moe_align_kernel"])
+    assert_fits_sm90(results, align_kernels(pairs))
 
 
 @pytest.mark.slow

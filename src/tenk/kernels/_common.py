@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -36,3 +37,18 @@ def scale_value(scale: float | torch.Tensor) -> float:
     if isinstance(scale, torch.Tensor):
         raise TypeError("pass KV-cache scales as Python floats (read them once at load time)")
     return float(scale)
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def use_pdl(device: torch.device) -> bool:
+    """Launch a chain of dependent kernels with programmatic dependent launch (Hopper and later):
+    each launch is set up while its predecessor drains, instead of after it. Every kernel launched
+    this way calls _tiles.wait_prior_grid before it touches global memory. TENK_PDL=0 turns it off
+    (read per call, so a benchmark can time both in one process)."""
+    if device.type != "cuda" or os.environ.get("TENK_PDL", "1") == "0":
+        return False
+    return _pdl_capable(device.index if device.index is not None else torch.cuda.current_device())

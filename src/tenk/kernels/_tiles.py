@@ -54,3 +54,16 @@ def store_tile(acc, out_ptr, bias_ptr, offs_m, offs_n, m_ok, n_ok, pid_k, s_om, 
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, acc, mask=mask)
+
+
+@triton.jit
+def wait_prior_grid(PDL: tl.constexpr):
+    """Under programmatic dependent launch (_common.use_pdl): block until the previous kernel in the
+    stream has finished and its writes are visible, then let the next one launch. Called first,
+    before any global read or write, by every CTA: a kernel that returned without waiting could
+    finish before its predecessor, and a successor waiting on it would then read too early. The
+    successor launches once every CTA here has called this, so all of this grid is resident and
+    its CTAs never queue behind the successor's."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()

@@ -30,8 +30,9 @@ import math
 
 import torch
 
-from tenk.kernels._common import FP8_E4M3_MAX, is_fp8, next_pow2, num_sms, scale_value
+from tenk.kernels._common import FP8_E4M3_MAX, is_fp8, next_pow2, num_sms, scale_value, use_pdl
 from tenk.kernels import fp8_gemm
+from tenk.kernels._tiles import wait_prior_grid
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.fp8_gemm import _convert
 
@@ -51,8 +52,9 @@ def _store_kv_kernel(
     s_kt, s_kh, s_vt, s_vh,
     s_slot, s_ch,
     HKV: tl.constexpr, D: tl.constexpr, H_PAD: tl.constexpr, D_PAD: tl.constexpr,
-    QUANT: tl.constexpr, FP8_MAX: tl.constexpr,
+    QUANT: tl.constexpr, FP8_MAX: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:
@@ -96,14 +98,15 @@ def store_kvcache_triton(
     if v.stride(2) != 1:
         v = v.contiguous()
     quant = is_fp8(k_cache.dtype)
+    pdl = use_pdl(k.device)
     _store_kv_kernel[(T,)](
         k, v, k_cache, v_cache, slot_mapping,
         1.0 / scale_value(k_scale), 1.0 / scale_value(v_scale),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(1), k_cache.stride(2),
         HKV=hkv, D=d, H_PAD=next_pow2(hkv), D_PAD=next_pow2(d),
-        QUANT=quant, FP8_MAX=FP8_E4M3_MAX,
-        num_warps=1 if hkv * d <= 1024 else 4,
+        QUANT=quant, FP8_MAX=FP8_E4M3_MAX, PDL=pdl,
+        num_warps=1 if hkv * d <= 1024 else 4, launch_pdl=pdl,
     )
 
 
@@ -143,8 +146,9 @@ def _decode_kernel(
     s_kb, s_ks, s_kh, s_bt,
     HQ: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr,
-    KV_ASM: tl.constexpr,
+    KV_ASM: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -196,8 +200,9 @@ def _decode_reduce_kernel(
     out_ptr, part_acc_ptr, part_ml_ptr, cu_q_ptr, v_scale,
     s_ot, s_oh,
     HQ: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     seq = tl.program_id(0)
     h = tl.program_id(1)
     q_start = tl.load(cu_q_ptr + seq)
@@ -243,6 +248,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         part_ml = torch.empty((bsz, hq, num_splits, 2), dtype=torch.float32, device=q.device)
     else:
         part_acc = part_ml = out  # unused
+    pdl = use_pdl(q.device)
     _decode_kernel[(bsz, hkv, num_splits)](
         q, k_cache, v_cache, out, part_acc, part_ml,
         meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
@@ -251,15 +257,15 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=group, G_PAD=max(16, next_pow2(group)), D=d, D_PAD=d_pad,
         PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, IEEE=ieee,
-        KV_ASM=FP8_KV_ASM and is_fp8(k_cache.dtype) and fp8_gemm.use_asm(q),
-        num_warps=4, num_stages=3,
+        KV_ASM=FP8_KV_ASM and is_fp8(k_cache.dtype) and fp8_gemm.use_asm(q), PDL=pdl,
+        num_warps=4, num_stages=3, launch_pdl=pdl,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(bsz, hq)](
             out, part_acc, part_ml, meta.cu_seqlens_q, v_scale,
             out.stride(0), out.stride(1),
-            HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=num_splits, S_PAD=next_pow2(num_splits),
-            num_warps=1 if d_pad * num_splits <= 1024 else 4,
+            HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=num_splits, S_PAD=next_pow2(num_splits), PDL=pdl,
+            num_warps=1 if d_pad * num_splits <= 1024 else 4, launch_pdl=pdl,
         )
 
 

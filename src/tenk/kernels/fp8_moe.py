@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from tenk.kernels._tiles import grouped_tile
+from tenk.kernels._common import use_pdl
+from tenk.kernels._tiles import grouped_tile, wait_prior_grid
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.fp8 import Fp8Config, Fp8MoeConfig, block_scales_fit, fit_block_k, fit_block_n, moe_config
 from tenk.kernels.fp8_gemm import FP8_BLOCK, _accumulate, dequantize_block, use_asm
@@ -89,6 +90,7 @@ def _fp8_moe_gemm_kernel(
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BLOCK_SCALES: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr, EVEN_K: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
     token for w13, the pair itself for w2), computed as out^T tiles [BN, BM].
@@ -100,6 +102,7 @@ def _fp8_moe_gemm_kernel(
     Not GATED (w2): out = acc in out's dtype, or fp32 partials [split, pair, N].
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
     topk_ids; a token's top-k experts differ, so no weight is read twice."""
+    wait_prior_grid(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     if DIRECT:
@@ -145,14 +148,15 @@ def _gemm(a, w, s, out, align, num_pairs, n, topk, gated, a_by_token, cfg: Fp8Co
     bk = fit_block_k(cfg.block_k, k, sbk)
     blocks = num_pairs if direct else triton.cdiv(max_padded, cfg.block_m)
     grid = (blocks * triton.cdiv(n, bn), split)
+    pdl = use_pdl(a.device)
     _fp8_moe_gemm_kernel[grid](
         a, w, s, out, sorted_ids, expert_ids,
         num_pairs, max_padded, n, k, a.stride(0), w.stride(0), w.stride(1),
         s.stride(0), s.stride(1), s.stride(2) if block else 0, out.stride(-2), out.stride(0) if split > 1 else 0,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
         BLOCK_SCALES=block is not None, SBN=sbn or 1, SBK=sbk or 1, EVEN_K=k % bk == 0,
-        BM=cfg.block_m, BN=bn, BK=bk, GROUP_M=cfg.group_m, USE_ASM=use_asm(a),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BM=cfg.block_m, BN=bn, BK=bk, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
 
 

@@ -38,8 +38,8 @@ from collections import Counter
 
 import torch
 
-from tenk.kernels._common import next_pow2
-from tenk.kernels._tiles import grouped_tile
+from tenk.kernels._common import next_pow2, use_pdl
+from tenk.kernels._tiles import grouped_tile, wait_prior_grid
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
 from tenk.kernels.moe import (
@@ -142,31 +142,31 @@ def tile_moe_experts(w13q, w13s, w2q, w2s, top_k: int, device=None):
 
 # ---------------------------------------------------------------- token/expert alignment
 
-ALIGN_MAX_PAIRS = 8192  # above this the one-CTA kernel would be slower than tenk.kernels.moe's torch ops
+ALIGN_ONE_CTA_MAX_PAIRS = 2048  # above, the multi-CTA kernels win on an H100 (see moe_align_block_size_triton)
 ALIGN_MIN_CHUNK = 256
+ALIGN_CTA_PAIRS = 1024  # pairs (and padded slots) per program of the multi-CTA kernels
+ALIGN_CTA_BLOCKS = 64  # token blocks per program when the multi-CTA scatter writes block experts
 
 
 def align_chunk(num_pairs: int) -> int:
-    """Pairs the align kernel reads per pass: all of them at once (a power of two, so few variants
-    compile: the MoE warm-up's token buckets cover them). One CTA runs the kernel, so each pass is
-    a serial round trip to memory (and, when scattering, a batch of atomics)."""
-    return min(ALIGN_MAX_PAIRS, max(ALIGN_MIN_CHUNK, next_pow2(num_pairs)))
+    """Pairs the one-CTA align kernel reads per pass: all of them at once (a power of two, so few
+    variants compile: the MoE warm-up's token buckets cover them). One CTA runs the kernel, so each
+    pass is a serial round trip to memory (and, when scattering, a batch of atomics)."""
+    return min(ALIGN_ONE_CTA_MAX_PAIRS, max(ALIGN_MIN_CHUNK, next_pow2(num_pairs)))
 
 
-@triton.jit(do_not_specialize=["P", "max_padded", "num_blocks"])
-def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E, max_padded, num_blocks,
-                      BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr, NBLK: tl.constexpr):
-    """moe_align_block_size in one launch of one CTA (decode batches: the torch version is ~25 tiny
-    launches). Histogram -> padded prefix sums -> block experts; then each pair takes a slot with an
-    atomic on its expert's cursor. NB > E: bin NB - 1 collects -1 ids and masked lanes.
-    Block b's expert is the number of experts whose padded run ends at or before block b: a
-    histogram of the run ends over NBLK > num_blocks bins, summed up (a searchsorted per block over
-    all experts cost ~8 us at 2,048 pairs and 128 experts on an H100; this is one pass)."""
-    counts = tl.zeros([NB], tl.int32)
-    for p0 in range(0, P, BP):
-        offs = p0 + tl.arange(0, BP)
-        ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1).to(tl.int32)
-        counts += tl.histogram(tl.where(ids >= 0, ids, NB - 1), NB)
+@triton.jit
+def _align_count(ids_ptr, p0, P, NB: tl.constexpr, BP: tl.constexpr):
+    """Histogram of pairs [p0, p0 + BP) over NB bins; bin NB - 1 collects -1 ids and masked lanes."""
+    offs = p0 + tl.arange(0, BP)
+    ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1).to(tl.int32)
+    return tl.histogram(tl.where(ids >= 0, ids, NB - 1), NB)
+
+
+@triton.jit
+def _align_runs(counts, cursor_ptr, npp_ptr, E, BM: tl.constexpr, NB: tl.constexpr):
+    """Each expert's run padded to a multiple of BM: cursors at the run starts, the padded total
+    (num_tokens_post_padded); returns (the runs' ends, the total)."""
     e = tl.arange(0, NB)
     counts = tl.where(e < E, counts, 0)
     padded = (counts + BM - 1) // BM * BM
@@ -174,32 +174,109 @@ def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E
     total = tl.sum(padded, 0)
     tl.store(cursor_ptr + e, pad_end - padded)
     tl.store(npp_ptr, total)
+    return pad_end, total
+
+
+@triton.jit
+def _align_fill(sorted_ptr, s0, max_padded, P, BP: tl.constexpr):
+    offs = s0 + tl.arange(0, BP)
+    tl.store(sorted_ptr + offs, tl.zeros([BP], tl.int32) + P, mask=offs < max_padded)
+
+
+@triton.jit
+def _align_scatter(ids_ptr, sorted_ptr, cursor_ptr, p0, P, BP: tl.constexpr, ONE_CTA: tl.constexpr):
+    """Each valid pair of [p0, p0 + BP) takes the next slot of its expert's run."""
+    offs = p0 + tl.arange(0, BP)
+    ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1).to(tl.int32)
+    ok = ids >= 0
+    one = tl.full([BP], 1, tl.int32)
+    # relaxed: only unique slots matter (the default acq_rel fences cost ~4 us at 2,048 pairs);
+    # CTA-scoped when this CTA alone touches the cursors
+    if ONE_CTA:
+        slot = tl.atomic_add(cursor_ptr + tl.where(ok, ids, 0), one, mask=ok, sem="relaxed", scope="cta")
+    else:
+        slot = tl.atomic_add(cursor_ptr + tl.where(ok, ids, 0), one, mask=ok, sem="relaxed", scope="gpu")
+    tl.store(sorted_ptr + slot, offs, mask=ok)
+
+
+@triton.jit(do_not_specialize=["P", "max_padded", "num_blocks"])
+def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E, max_padded, num_blocks,
+                      BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr, NBLK: tl.constexpr,
+                      PDL: tl.constexpr):
+    """moe_align_block_size in one launch of one CTA (decode batches: the torch version is ~25 tiny
+    launches). Histogram -> padded prefix sums -> block experts; then each pair takes a slot with an
+    atomic on its expert's cursor. NB > E.
+    Block b's expert is the number of experts whose padded run ends at or before block b: a
+    histogram of the run ends over NBLK > num_blocks bins, summed up (a searchsorted per block over
+    all experts cost ~8 us at 2,048 pairs and 128 experts on an H100; this is one pass)."""
+    wait_prior_grid(PDL)
+    counts = tl.zeros([NB], tl.int32)
+    for p0 in range(0, P, BP):
+        counts += _align_count(ids_ptr, p0, P, NB, BP)
+    pad_end, total = _align_runs(counts, cursor_ptr, npp_ptr, E, BM, NB)
     for s0 in range(0, max_padded, BP):
-        offs = s0 + tl.arange(0, BP)
-        tl.store(sorted_ptr + offs, tl.zeros([BP], tl.int32) + P, mask=offs < max_padded)
+        _align_fill(sorted_ptr, s0, max_padded, P, BP)
+    e = tl.arange(0, NB)
     ends = tl.histogram(tl.where(e < E, pad_end // BM, NBLK - 1), NBLK)  # bin NBLK - 1: beyond every block
     b = tl.arange(0, NBLK)
     tl.store(expert_ptr + b, tl.where(b * BM < total, tl.cumsum(ends, 0), -1), mask=b < num_blocks)
     tl.debug_barrier()  # cursors and the P fill are visible to every thread of the CTA
     for p0 in range(0, P, BP):
-        offs = p0 + tl.arange(0, BP)
-        ids = tl.load(ids_ptr + offs, mask=offs < P, other=-1).to(tl.int32)
-        ok = ids >= 0
-        # relaxed, CTA-scoped: only unique slots matter and only this CTA touches the cursors (the
-        # default acq_rel fences cost ~4 us at 2,048 pairs)
-        slot = tl.atomic_add(cursor_ptr + tl.where(ok, ids, 0), tl.full([BP], 1, tl.int32), mask=ok,
-                             sem="relaxed", scope="cta")
-        tl.store(sorted_ptr + slot, offs, mask=ok)
+        _align_scatter(ids_ptr, sorted_ptr, cursor_ptr, p0, P, BP, True)
 
 
-def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, chunk: int | None = None):
-    """tenk.kernels.moe.moe_align_block_size's contract (same blocks, same padding, same expert ids)
-    in one launch, except that pairs inside an expert's run are in arbitrary order (the GEMM rows
-    are independent, so results do not change). Falls back to the torch version for large batches.
-    chunk: pairs per pass (a power of two; default align_chunk)."""
+@triton.jit(do_not_specialize=["P", "max_padded"])
+def _align_count_kernel(ids_ptr, sorted_ptr, counts_ptr, P, max_padded, NB: tl.constexpr, BP: tl.constexpr,
+                        PDL: tl.constexpr):
+    """Multi-CTA align, 1 of 3: program i fills padded slots [i*BP, (i+1)*BP) with P and adds its
+    pairs' histogram into counts (zeroed by the caller)."""
+    wait_prior_grid(PDL)
+    i = tl.program_id(0)
+    _align_fill(sorted_ptr, i * BP, max_padded, P, BP)
+    if i * BP < P:
+        h = _align_count(ids_ptr, i * BP, P, NB, BP)
+        tl.atomic_add(counts_ptr + tl.arange(0, NB), h, mask=h > 0, sem="relaxed")
+
+
+@triton.jit
+def _align_runs_kernel(counts_ptr, cursor_ptr, ends_ptr, npp_ptr, E, BM: tl.constexpr, NB: tl.constexpr,
+                       PDL: tl.constexpr):
+    """Multi-CTA align, 2 of 3 (one CTA): run starts (cursors), ends and the padded total."""
+    wait_prior_grid(PDL)
+    pad_end, _ = _align_runs(tl.load(counts_ptr + tl.arange(0, NB)), cursor_ptr, npp_ptr, E, BM, NB)
+    tl.store(ends_ptr + tl.arange(0, NB), pad_end)
+
+
+@triton.jit(do_not_specialize=["P", "num_blocks"])
+def _align_scatter_kernel(ids_ptr, sorted_ptr, expert_ptr, cursor_ptr, ends_ptr, npp_ptr, P, E, num_blocks,
+                          BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr, BLK: tl.constexpr,
+                          PDL: tl.constexpr):
+    """Multi-CTA align, 3 of 3: program i places pairs [i*BP, (i+1)*BP) and writes the experts of
+    token blocks [i*BLK, (i+1)*BLK): the number of runs that end at or before each block."""
+    wait_prior_grid(PDL)
+    i = tl.program_id(0)
+    if i * BP < P:
+        _align_scatter(ids_ptr, sorted_ptr, cursor_ptr, i * BP, P, BP, False)
+    b = i * BLK + tl.arange(0, BLK)
+    if i * BLK < num_blocks:
+        e = tl.arange(0, NB)
+        ends = tl.load(ends_ptr + e)
+        before = tl.sum(((ends[None, :] <= b[:, None] * BM) & (e[None, :] < E)).to(tl.int32), 1)
+        expert = tl.where(b * BM < tl.load(npp_ptr), before, -1)
+        tl.store(expert_ptr + b, expert, mask=b < num_blocks)
+
+
+def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, chunk: int | None = None,
+                                one_cta: bool | None = None):
+    """tenk.kernels.moe.moe_align_block_size's contract (same blocks, same padding, same expert ids),
+    except that pairs inside an expert's run are in arbitrary order (the GEMM rows are independent,
+    so results do not change). Up to ALIGN_ONE_CTA_MAX_PAIRS pairs (one_cta None) one launch of one
+    CTA; above, three launches over the pairs (count + fill, runs, scatter + block experts), as a
+    single CTA's serial passes grow with the batch (~48 us at 8,192 pairs on an H100).
+    chunk: pairs per pass of the one-CTA kernel (a power of two; default align_chunk)."""
     flat = topk_ids.reshape(-1)
     P = flat.numel()
-    if P > ALIGN_MAX_PAIRS or P == 0:
+    if P == 0:
         return moe_align_block_size(topk_ids, num_experts, block_m)
     dev = flat.device
     max_padded = P + min(num_experts, P) * (block_m - 1)
@@ -209,9 +286,23 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
     expert_ids = torch.empty(num_blocks, dtype=torch.int32, device=dev)
     npp = torch.empty(1, dtype=torch.int32, device=dev)
     cursor = torch.empty(nb, dtype=torch.int32, device=dev)
-    _moe_align_kernel[(1,)](flat, sorted_ids, expert_ids, npp, cursor, P, num_experts, max_padded, num_blocks,
-                            BM=block_m, NB=nb, BP=chunk or align_chunk(P), NBLK=next_pow2(num_blocks + 1),
-                            num_warps=8)
+    pdl = use_pdl(dev)
+    if one_cta if one_cta is not None else P <= ALIGN_ONE_CTA_MAX_PAIRS:
+        _moe_align_kernel[(1,)](flat, sorted_ids, expert_ids, npp, cursor, P, num_experts, max_padded, num_blocks,
+                                BM=block_m, NB=nb, BP=chunk or align_chunk(P), NBLK=next_pow2(num_blocks + 1),
+                                PDL=pdl, num_warps=8, launch_pdl=pdl)
+        return sorted_ids, expert_ids, npp
+    counts = torch.zeros(nb, dtype=torch.int32, device=dev)
+    ends = torch.empty(nb, dtype=torch.int32, device=dev)
+    bp = ALIGN_CTA_PAIRS
+    _align_count_kernel[(triton.cdiv(max_padded, bp),)](flat, sorted_ids, counts, P, max_padded, NB=nb, BP=bp,
+                                                        PDL=pdl, num_warps=4, launch_pdl=pdl)
+    _align_runs_kernel[(1,)](counts, cursor, ends, npp, num_experts, BM=block_m, NB=nb, PDL=pdl, num_warps=4,
+                             launch_pdl=pdl)
+    grid = max(triton.cdiv(P, bp), triton.cdiv(num_blocks, ALIGN_CTA_BLOCKS))
+    _align_scatter_kernel[(grid,)](flat, sorted_ids, expert_ids, cursor, ends, npp, P, num_experts, num_blocks,
+                                   BM=block_m, NB=nb, BP=bp, BLK=ALIGN_CTA_BLOCKS, PDL=pdl, num_warps=4,
+                                   launch_pdl=pdl)
     return sorted_ids, expert_ids, npp
 
 
@@ -224,7 +315,7 @@ def _nvfp4_moe_gemm_kernel(
     num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
-    TN: tl.constexpr, TQ: tl.constexpr,
+    TN: tl.constexpr, TQ: tl.constexpr, PDL: tl.constexpr,
 ):
     """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
     token for w13, the pair itself for w2), computed as out^T tiles [BN, BM].
@@ -236,6 +327,7 @@ def _nvfp4_moe_gemm_kernel(
     topk_ids; a token's top-k experts differ, so no weight is read twice.
     TN, TQ: the weight layout (TN 1: rows; else expert tiles of TN x TQ chunks, nvfp4_gemm.TILE_ROWS);
     the up half of w1|w3 starts N rows on in either (N * s_wn, N * s_sn: TN divides N)."""
+    wait_prior_grid(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     if DIRECT:
@@ -272,9 +364,10 @@ def _nvfp4_moe_gemm_kernel(
 
 @triton.jit
 def _silu_mul_reduce_kernel(part_ptr, ids_ptr, out_ptr, N, s_pr, s_ps, s_or,
-                            SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+                            SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """act[pair] = silu(sum_s gate) * sum_s up from the split-K partials, rounded like the fused
     epilogue; rows of -1 pairs are skipped (never written by the GEMM)."""
+    wait_prior_grid(PDL)
     p = tl.program_id(0).to(tl.int64)
     if tl.load(ids_ptr + p) < 0:
         return
@@ -297,8 +390,9 @@ def _silu_mul_reduce_kernel(part_ptr, ids_ptr, out_ptr, N, s_pr, s_ps, s_or,
 
 @triton.jit
 def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
-                           TOPK: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+                           TOPK: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """out[t] = sum_j w[t, j] * sum_s y[s, t * k + j] over valid experts, in fp32, fixed order."""
+    wait_prior_grid(PDL)
     t = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = c < H
@@ -334,13 +428,14 @@ def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_tok
     s_or = out.stride(-2)
     s_os = out.stride(0) if split > 1 else 0
     s_we, s_wn, s_se, s_sn = layout[4:]
+    pdl = use_pdl(a.device)
     _nvfp4_moe_gemm_kernel[grid](
         a, wq, sq, gs, out, sorted_ids, expert_ids,
         num_pairs, max_padded, n, q, a.stride(0), s_we, s_wn, s_se, s_sn,
         gs.stride(0), s_or, s_os,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
-        BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), TN=tn, TQ=tq,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), TN=tn, TQ=tq, PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
 
 
@@ -359,6 +454,7 @@ def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int,
     k = topk_ids.shape[1]
     P = T * k
     flat_ids = topk_ids.reshape(-1)
+    pdl = use_pdl(x.device)
     align = flat_ids if direct else moe_align_block_size_triton(topk_ids, num_experts, block_m)
     act = torch.empty((P, inter), dtype=x.dtype, device=x.device)  # rows of -1 pairs stay unwritten
     if split13 == 1:
@@ -369,14 +465,14 @@ def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int,
         block = min(1024, next_pow2(inter))
         _silu_mul_reduce_kernel[(P, triton.cdiv(inter, block))](
             part, flat_ids, act, inter, part.stride(1), part.stride(0), act.stride(0),
-            SPLIT_K=split13, BLOCK=block, num_warps=4,
+            SPLIT_K=split13, BLOCK=block, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
     y = torch.empty((split2, P, H), dtype=torch.float32 if split2 > 1 else x.dtype, device=x.device)
     gemm(False, act, y, align, split2)
     block = min(1024, next_pow2(H))
     _combine_splits_kernel[(T, triton.cdiv(H, block))](
         y, topk_weights, flat_ids, out, H, y.stride(1), y.stride(0), out.stride(0),
-        TOPK=k, SPLIT_K=split2, BLOCK=block, num_warps=4,
+        TOPK=k, SPLIT_K=split2, BLOCK=block, PDL=pdl, num_warps=4, launch_pdl=pdl,
     )
     return out
 

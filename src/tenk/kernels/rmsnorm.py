@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from tenk.kernels._common import next_pow2
+from tenk.kernels._common import next_pow2, use_pdl
+from tenk.kernels._tiles import wait_prior_grid
 from tenk.kernels._triton import tl, triton
 
 # Tests set it to run the Triton path on CPU tensors (under tenk.kernels.interpret.triton_interpreter).
@@ -25,8 +26,9 @@ FORCE_TRITON = False
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, out_ptr, res_out_ptr,
     M, N, INNER, s_x0, s_x1, s_r0, s_r1, eps,
-    HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     m = (rows < M)[:, None] & (cols < N)[None, :]
@@ -72,11 +74,12 @@ def _launch(x, residual, weight, eps, out, res_out):
         return
     block_n = next_pow2(n)
     rows = max(1, min(64, 4096 // block_n))
+    pdl = use_pdl(x.device)
     _rms_norm_kernel[(triton.cdiv(M, rows),)](
         x, residual if residual is not None else x, weight, out, res_out,
         M, n, inner, s0, s1, r0, r1, float(eps),
-        HAS_RES=residual is not None, ROWS=rows, BLOCK_N=block_n,
-        num_warps=max(1, min(16, rows * block_n // 1024)),
+        HAS_RES=residual is not None, ROWS=rows, BLOCK_N=block_n, PDL=pdl,
+        num_warps=max(1, min(16, rows * block_n // 1024)), launch_pdl=pdl,
     )
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from tenk.kernels._common import next_pow2
+from tenk.kernels._common import next_pow2, use_pdl
+from tenk.kernels._tiles import wait_prior_grid
 from tenk.kernels._triton import tl, triton
 
 # Tests set it to run the Triton path on CPU tensors (under tenk.kernels.interpret.triton_interpreter).
@@ -49,8 +50,9 @@ def _rotate(x_ptr, t, s_t, s_h, heads, cos, sin, c, c_ok,
 def _rotary_kernel(
     q_ptr, k_ptr, pos_ptr, cache_ptr,
     s_qt, s_qh, s_kt, s_kh, s_ct, HQ, HKV,
-    HALF: tl.constexpr, HALF_PAD: tl.constexpr, HQ_PAD: tl.constexpr, HKV_PAD: tl.constexpr,
+    HALF: tl.constexpr, HALF_PAD: tl.constexpr, HQ_PAD: tl.constexpr, HKV_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     c = tl.arange(0, HALF_PAD)
@@ -99,11 +101,12 @@ def apply_rotary_triton(q, k, positions, cos_sin_cache, rotary_dim):
     if T == 0:
         return q, k
     half = rotary_dim // 2
+    pdl = use_pdl(q.device)
     _rotary_kernel[(T,)](
         q, k, positions, cos_sin_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0), hq, hkv,
-        HALF=half, HALF_PAD=next_pow2(half), HQ_PAD=next_pow2(hq), HKV_PAD=next_pow2(hkv),
-        num_warps=4 if hq * half >= 1024 else 1,
+        HALF=half, HALF_PAD=next_pow2(half), HQ_PAD=next_pow2(hq), HKV_PAD=next_pow2(hkv), PDL=pdl,
+        num_warps=4 if hq * half >= 1024 else 1, launch_pdl=pdl,
     )
     return q, k
 
