@@ -133,3 +133,13 @@ def test_decode_layer_kernels_wait_first_under_pdl(sm90_compile, monkeypatch, sp
     expected = ["_rms_norm_kernel", "_rotary_kernel", "_store_kv_kernel", "_decode_kernel"]
     _check(results, expected + (["_decode_reduce_kernel"] if splits > 1 else []))
     assert_waits_first(results)
+
+
+def test_pdl_is_off_on_cpu_and_with_tenk_pdl_0(monkeypatch):
+    """Kernels launch with PDL only on a CUDA GPU that has it, unless TENK_PDL=0 (checked before
+    any CUDA call, so this runs without a GPU)."""
+    from tenk.kernels._common import use_pdl
+
+    assert not use_pdl(torch.device("cpu"))
+    monkeypatch.setenv("TENK_PDL", "0")
+    assert not use_pdl(torch.device("cuda", 0))

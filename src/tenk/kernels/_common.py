@@ -41,7 +41,8 @@ def scale_value(scale: float | torch.Tensor) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _pdl_capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    # ROCm reports gfx9 parts as capability 9.x too; griddepcontrol is NVIDIA's
+    return torch.version.hip is None and torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def use_pdl(device: torch.device) -> bool:
