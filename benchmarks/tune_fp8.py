@@ -24,7 +24,8 @@ from tenk.kernels.configs import nvfp4 as tables
 
 BLOCK = (128, 128)
 GEMM_KNOBS = {
-    "tile": [(64, 4), (128, 4), (128, 8)],  # (block_n, num_warps)
+    # (block_n, num_warps); 32-row tiles on 2 warps compile to mma.sync (the NVFP4 MoE's decode winners)
+    "tile": [(32, 2), (64, 4), (128, 4), (128, 8)],
     "block_k": [64, 128],  # a block-128 scale covers whole tiles up to 128
     "num_stages": [3, 4, 5],
     "split_k": [1, 2, 4, 8],

@@ -22,8 +22,9 @@ import tuning
 from tenk.kernels.configs import nvfp4 as cfgs
 
 GEMM_KNOBS = {
-    # (block_n, num_warps); 32-row tiles are below a wgmma's 64 and compile to mma.sync
-    "tile": [(32, 2), (64, 2), (64, 4), (128, 4), (128, 8)],
+    # (block_n, num_warps); 16- and 32-row tiles are below a wgmma's 64 and compile to mma.sync (16 rows
+    # on one warp: the most programs for the smallest batches; Qwen3-30B-A3B's 2-token w1|w3 on an H100)
+    "tile": [(16, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8)],
     "block_kq": [16, 32, 64],
     "num_stages": [2, 3, 4, 5],
     "split_k": [1, 2, 4, 8],

@@ -34,6 +34,7 @@ from tenk.kernels.configs import nvfp4 as tables  # noqa: E402  (the table machi
 ALIASES = {"qwen3": "qwen3-30b-a3b", "minimax": "minimax-m2"}  # the benchmarks' short names
 TOKENS = (1, 16, 64, 256, 1024, 4096, 16384)  # benchmarks/moe_kernels.py's sizes; --tokens for more buckets
 BLOCK_M_VALUES = (16, 32, 64, 128)  # token tiles the sweeps time
+GUESS_TPS = (1, 2, 4)  # tensor-parallel expert shards the shipped tables list (--guess): FP8 MiniMax-M2 needs 4 H100s
 DEVICE = "cuda"  # tests run the sweeps on CPU (the Triton interpreter) with tiny shapes
 DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
@@ -384,7 +385,7 @@ def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
     if args.guess:
         gpu = args.gpu or "h100"
         path = Path(args.out) if args.out else tables.table_path(gpu, fmt)
-        write_guesses(path, gpu, fmt, heuristic_moe, heuristic_dense, args.models, sorted(set(args.tps) | {1, 2}))
+        write_guesses(path, gpu, fmt, heuristic_moe, heuristic_dense, args.models, sorted(set(args.tps) | set(GUESS_TPS)))
         return 0
     if not torch.cuda.is_available():
         print(f"tune_{fmt}.py needs a CUDA GPU (or --guess)", file=sys.stderr)
