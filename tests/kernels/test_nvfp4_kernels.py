@@ -587,6 +587,34 @@ def test_gpu_moe_tiles_bit_for_bit(impl):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.skipif(not nm_wgmma.AVAILABLE, reason="needs Triton's Gluon")
+def test_gpu_moe_wgmma_narrow_tiles(monkeypatch):
+    """Expert blocks whose last 128-pair block holds 3, 32, 33, 64, 65 or 128 pairs run the quarter,
+    half and whole wide tiles (boundaries included): bit for bit the result of whole tiles alone,
+    and the reference's within rounding."""
+    counts = [138, 178, 100, 3, 160, 192, 129, 64]  # expert e's pairs: tails 10, 50, 100, 3, 32, 64, 1, 64
+    tokens = max(counts)
+    x, w, _, _ = _gpu_moe_case(QWEN3, tokens)
+    t = torch.arange(tokens, device="cuda")[:, None]
+    ids = torch.where(t < torch.tensor(counts, device="cuda")[None, :], torch.arange(8, device="cuda"), -1).int()
+    tw = torch.full((tokens, 8), 0.125, device="cuda")
+    packed = (*ng.pack_for_kernel(w[0], w[1]), w[2], *ng.pack_for_kernel(w[3], w[4]), w[5])
+    gemm = Nvfp4Config(block_m=128, block_n=64, block_kq=32, num_stages=2, num_warps=4)
+    cfg = Nvfp4MoeConfig(block_m=128, w13=gemm, w2=gemm, impl="wgmma")
+    assert nm_wgmma.narrow_steps(128) == 2
+    narrow = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
+    monkeypatch.setattr(nm_wgmma, "NARROW_STEPS", 0)
+    assert torch.equal(narrow, nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg))
+    assert rel_err(narrow, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
+
+
+def test_wgmma_narrow_tile_widths():
+    """Tiles narrow to a half and a quarter of the token block, never below wgmma's 16 tokens."""
+    assert [nm_wgmma.narrow_steps(bm) for bm in (256, 128, 64, 32, 16)] == [2, 2, 2, 1, 0]
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_gpu_moe_split_k_partials_past_int32_offsets():
     """8 K-splits at a MiniMax-M2 prefill size: the last split's partials start past 2^31 elements
     (7 * P * 2I and 7 * P * H), though each stride alone fits int32 (the tuner once hit an illegal
