@@ -589,9 +589,9 @@ def test_gpu_moe_tiles_bit_for_bit(impl):
 @needs_gpu
 @pytest.mark.skipif(not nm_wgmma.AVAILABLE, reason="needs Triton's Gluon")
 def test_gpu_moe_wgmma_narrow_tiles(monkeypatch):
-    """Expert blocks whose last 128-pair block holds 3, 32, 33, 64, 65 or 128 pairs run the quarter,
-    half and whole wide tiles (boundaries included): bit for bit the result of whole tiles alone,
-    and the reference's within rounding."""
+    """Expert blocks whose last 128-pair block holds 1, 3, 10, 32, 50, 64 or 100 pairs run the quarter,
+    half and whole wide tiles (the quarter and half boundaries included): bit for bit the result of
+    whole tiles alone, and the reference's within rounding."""
     counts = [138, 178, 100, 3, 160, 192, 129, 64]  # expert e's pairs: tails 10, 50, 100, 3, 32, 64, 1, 64
     tokens = max(counts)
     x, w, _, _ = _gpu_moe_case(QWEN3, tokens)
