@@ -53,7 +53,7 @@ def _compile_sm90(fn, args, kwargs) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
     bound = dict(zip(fn.arg_names, args))
     bound.update(kwargs)
     if "num_warps" in fn.arg_names:  # a Gluon kernel reads its warps as a constexpr too

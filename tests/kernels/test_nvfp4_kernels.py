@@ -19,7 +19,8 @@ from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm, nvfp4_moe_wgmma
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
-from tests.kernels.conftest import align_kernels, assert_fits_sm90, assert_shipped_tables_load, assert_waits_first
+from tests.kernels.conftest import (H100_MAX_SHARED, align_kernels, assert_fits_sm90, assert_shipped_tables_load,
+                                    assert_waits_first)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
 
@@ -485,11 +486,14 @@ def test_moe_pdl_variant_waits_before_memory(gpu_variant, monkeypatch, tokens):
 @pytest.mark.slow
 @pytest.mark.skipif(not nm_wgmma.AVAILABLE, reason="needs Triton's Gluon")
 @pytest.mark.parametrize("model,tiles", [("qwen3", ((64, 32, 2, 4), (64, 32, 2, 4))),
-                                         ("minimax", ((128, 32, 3, 8), (128, 64, 2, 8)))])  # fmt: skip
+                                         ("minimax", ((128, 32, 3, 8), (128, 64, 2, 8))),
+                                         ("qwen3", ((64, 32, 2, 4), (128, 32, 2, 8, 128)))])  # fmt: skip
 def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
-    """The Gluon MoE GEMMs at the tuned tables' prefill tiles: they fit an H100 without spilling."""
+    """The Gluon MoE GEMMs at the tuned tables' prefill tiles: they fit an H100 without spilling. A
+    register cap (the tiles' fifth field) holds, so two CTAs of the capped tile share an SM."""
     shape = QWEN3 if model == "qwen3" else MINIMAX
-    gemm = lambda t: Nvfp4Config(block_m=128, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3])
+    gemm = lambda t: Nvfp4Config(block_m=128, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3],
+                                 maxnreg=t[4] if len(t) > 4 else 0)
     cfg = Nvfp4MoeConfig(block_m=128, impl="wgmma", w13=gemm(tiles[0]), w2=gemm(tiles[1]))
     tokens, experts = 512, 8
     x = torch.empty(tokens, shape["hidden"], dtype=torch.bfloat16)
@@ -509,6 +513,10 @@ def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
     results = sm90_compile([nm_wgmma], both)
     assert len(results) == 2  # w1|w3 (gated) and w2
     assert_fits_sm90(results, ["_nvfp4_moe_wgmma_kernel"])
+    for r, g in zip(results, (cfg.w13, cfg.w2)):
+        if g.maxnreg:
+            assert r["options"]["maxnreg"] == g.maxnreg and r["regs"] <= g.maxnreg
+            assert 2 * r["regs"] * 32 * g.num_warps <= 65536 and 2 * r["shared_bytes"] <= H100_MAX_SHARED
 
 
 @pytest.mark.slow
@@ -606,6 +614,37 @@ def test_gpu_moe_wgmma_narrow_tiles(monkeypatch):
     monkeypatch.setattr(nm_wgmma, "NARROW_STEPS", 0)
     assert torch.equal(narrow, nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg))
     assert rel_err(narrow, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_moe_wgmma_register_cap():
+    """A register cap on the 8-warp w2 tile (two CTAs an SM) changes nothing in the result: bit for bit
+    the uncapped kernel's."""
+    tokens = 512
+    x, w, tw, ids = _gpu_moe_case(QWEN3, tokens)
+    packed = (*ng.pack_for_kernel(w[0], w[1]), w[2], *ng.pack_for_kernel(w[3], w[4]), w[5])
+    w13 = Nvfp4Config(block_m=128, block_n=64, block_kq=32, num_stages=2, num_warps=4)
+    w2 = Nvfp4Config(block_m=128, block_n=128, block_kq=32, num_stages=2, num_warps=8)
+    cfg = Nvfp4MoeConfig(block_m=128, w13=w13, w2=w2, impl="wgmma")
+    capped = dataclasses.replace(cfg, w2=dataclasses.replace(w2, maxnreg=128))
+    out = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=capped)
+    assert torch.equal(out, nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg))
+    assert rel_err(out, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
+
+
+def test_register_cap_config():
+    """maxnreg: 0 (the compiler's choice, left out of tables) or a multiple of 8 in [24, 256], passed
+    to the launch."""
+    capped = Nvfp4Config(maxnreg=128)
+    assert capped.launch_options() == {"maxnreg": 128} and Nvfp4Config().launch_options() == {}
+    assert "maxnreg" not in Nvfp4Config().to_dict() and Nvfp4Config.from_dict(capped.to_dict()) == capped
+    moe_cfg = Nvfp4MoeConfig(block_m=128, impl="wgmma", w13=Nvfp4Config(block_m=128, block_n=64),
+                             w2=Nvfp4Config(block_m=128, block_n=128, num_warps=8, maxnreg=128))
+    assert Nvfp4MoeConfig.from_dict(moe_cfg.to_dict()) == moe_cfg and "maxnreg" not in moe_cfg.to_dict()["w13"]
+    for bad in (20, 130, 264, -8):
+        with pytest.raises(ValueError, match="maxnreg"):
+            Nvfp4Config(maxnreg=bad)
 
 
 def test_wgmma_narrow_tile_widths():

@@ -551,7 +551,7 @@ def nvfp4_gemm(x, weight, weight_scale, weight_scale_2, shard_sizes=None, bias=N
         end0, end1,
         NUM_SHARDS=num_shards, HAS_BIAS=bias is not None, SPLIT_K=split,
         BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(x),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.launch_options(),
     )
     return finish_split_k(target, bias, out, "NVFP4") if split > 1 else out
 

@@ -433,7 +433,7 @@ def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_tok
         gs.stride(0), s_or, s_os,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
         BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), TN=tn, TQ=tq, PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl, **cfg.launch_options(),
     )
 
 

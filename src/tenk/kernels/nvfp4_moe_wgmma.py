@@ -275,5 +275,5 @@ def moe_gemm_wgmma(a, wq, sq, gs, out, sorted_ids, expert_ids, num_pairs: int, n
         gs.stride(0), out.stride(-2),
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, BM=cfg.block_m, BN=cfg.block_n, BKQ=block_kq,
         GROUP_M=cfg.group_m, STAGES=max(2, cfg.num_stages), TN=tn, TQ=tq, NARROW=narrow_steps(cfg.block_m),
-        num_warps=cfg.num_warps,
+        num_warps=cfg.num_warps, **cfg.launch_options(),
     )

@@ -39,6 +39,9 @@ def check_launch(cfg, tiles: tuple[str, ...], what: str) -> None:
             raise ValueError(f"{name} must be a power of two >= 16, got {v}")
     if cfg.split_k < 1 or cfg.num_warps not in (1, 2, 4, 8, 16) or cfg.num_stages < 1:
         raise ValueError(f"bad {what} launch config {cfg}")
+    maxnreg = getattr(cfg, "maxnreg", 0)
+    if maxnreg and not (24 <= maxnreg <= 256 and maxnreg % 8 == 0):
+        raise ValueError(f"maxnreg must be 0 (the compiler's choice) or a multiple of 8 in [24, 256], got {maxnreg}")
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,28 @@ class Nvfp4Config:
     num_warps: int = 4
     num_stages: int = 4
     impl: str = "fused"
+    # registers per thread the compiler may use (0: its own choice). A cap can fit one more CTA on an
+    # SM: the wgmma MoE's 8-warp w2 tile of 128 x 128 x 32 takes 166 registers, one CTA an SM; at 128
+    # (no spills) two share it: Qwen3-30B-A3B's w2 launch at 16,384 tokens 1.11x on an H100, the whole
+    # MoE call 1.00x-1.03x (benchmarks/results/moe_wgmma_maxnreg_h100.json)
+    maxnreg: int = 0
 
     def __post_init__(self):
         check_launch(self, ("block_m", "block_n", "block_kq"), "NVFP4")
+
+    def launch_options(self) -> dict:
+        """Compiler options of the kernel launch beyond warps and stages."""
+        return {"maxnreg": self.maxnreg} if self.maxnreg else {}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Nvfp4Config":
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["maxnreg"]:  # tables list a cap only where one was chosen
+            del d["maxnreg"]
+        return d
 
 
 @dataclass(frozen=True)
