@@ -8,7 +8,8 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
 Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
 own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m; for
 tiny batches "direct" (no alignment launch); then the impl, fused or dequant; from 1,024 tokens on a
-GPU also the Gluon "wgmma" MoE from a few measured tiles, then its tiles again.
+GPU also the Gluon "wgmma" MoE from a few measured tiles, then its tiles again (and a register cap).
+--refine starts from the table's entries and searches only their kernels' knobs.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
 WGMMA_MIN_TOKENS = 1024  # below, the Triton kernels' smaller tiles won every bucket on an H100
 # (w1|w3, w2) tiles (block_n, block_kq, num_stages, num_warps) the wgmma MoE starts from: the best
 # seen on an H100 at 4,096 to 16,384 tokens for Qwen3-30B-A3B and MiniMax-M2
-WGMMA_TILES = [((64, 32, 2, 4), (64, 32, 2, 4)), ((64, 32, 2, 4), (128, 64, 2, 8)), ((128, 32, 3, 8), (128, 64, 2, 8))]
-# its knobs after the switch (no split-K; wgmma tiles are whole warp groups)
-WGMMA_KNOBS = {"tile": [(64, 4), (128, 4), (128, 8)], "block_kq": [16, 32, 64], "num_stages": [2, 3, 4]}
+# (a fifth field: a register cap, Nvfp4Config.maxnreg)
+WGMMA_TILES = [((64, 32, 2, 4), (64, 32, 2, 4)), ((64, 32, 2, 4), (128, 64, 2, 8)), ((128, 32, 3, 8), (128, 64, 2, 8)),
+               ((64, 32, 2, 4), (128, 32, 2, 8, 128))]
+# its knobs after the switch (no split-K; wgmma tiles are whole warp groups). The register cap pays
+# only with a tile whose shared memory lets two CTAs share an SM, so that pair is also one move.
+TWO_CTA_W2 = dict(block_n=128, num_warps=8, block_kq=32, num_stages=2, maxnreg=128)
+WGMMA_KNOBS = {"tile": [(64, 4), (128, 4), (128, 8)], "block_kq": [16, 32, 64], "num_stages": [2, 3, 4],
+               "maxnreg": [0, 128], "whole_tile": [TWO_CTA_W2]}
 WGMMA_BLOCK_M = 128  # its token block where the fused winner's is smaller (64 lost at 4,096 tokens)
 
 
@@ -51,8 +57,9 @@ def wgmma_variants(c) -> list:
     out = []
     for bm in sorted({c.block_m, max(c.block_m, WGMMA_BLOCK_M)}):
         for tiles in WGMMA_TILES:
-            gemms = [dataclasses.replace(g, block_m=bm, block_n=bn, block_kq=bkq, num_stages=st, num_warps=w,
-                                         split_k=1) for g, (bn, bkq, st, w) in zip((c.w13, c.w2), tiles)]
+            gemms = [dataclasses.replace(g, block_m=bm, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3],
+                                         split_k=1, maxnreg=t[4] if len(t) > 4 else 0)
+                     for g, t in zip((c.w13, c.w2), tiles)]
             out.append(dataclasses.replace(c, block_m=bm, impl="wgmma", direct=False, w13=gemms[0], w2=gemms[1]))
     return out
 
@@ -69,6 +76,12 @@ def moe_variants(t: int, e: int, k: int) -> list:
     return variants
 
 
+def refine_variants(c) -> list:
+    """--refine: the knobs of the entry's own kernels (the wgmma MoE's, else the Triton one's)."""
+    knobs = WGMMA_KNOBS if c.impl == "wgmma" else GEMM_KNOBS
+    return tuning.gemm_variants("w13", knobs) + tuning.gemm_variants("w2", knobs)
+
+
 def tune(args, table: tuning.TableFile, deadline: float) -> None:
     import moe_kernels as mk
 
@@ -82,7 +95,7 @@ def tune(args, table: tuning.TableFile, deadline: float) -> None:
 
     tuning.tune_moe(args, table, deadline, lambda shape: mk.make_experts(shape, tuning.DEVICE, dense=False)[0],
                     lambda x, w, tw, ids, out, c: nvfp4_fused_moe(x, *w, tw, ids, out=out, config=c),
-                    cfgs.heuristic_moe, moe_variants)  # fmt: skip
+                    cfgs.heuristic_moe, moe_variants, refine_variants)  # fmt: skip
     tuning.tune_dense(args, table, deadline, dense_weight,
                       lambda x, w, out, c: ng.nvfp4_gemm(x, *w, None, config=c, out=out),
                       cfgs.heuristic_dense, GEMM_KNOBS, cfgs.IMPLS)  # fmt: skip

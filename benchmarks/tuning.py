@@ -282,7 +282,10 @@ def block_m_variants(values=BLOCK_M_VALUES):
 # ---------------------------------------------------------------- the sweeps
 
 
-def _search(table: TableFile, section: str, key: str, tokens: int, start, variants, measure, deadline: float) -> None:
+def _search(table: TableFile, section: str, key: str, tokens: int, start, variants, measure, deadline: float,
+            heuristic=None) -> None:
+    """heuristic: where the descent starts elsewhere (--refine), the heuristic config, timed here too
+    so the entry's heuristic_ms stays the heuristic's time in the same run."""
     print(f"[{section} {key} T={tokens}]")
     trials = []
     best, ms, start_ms = descend(start, variants, measure, deadline, trials)
@@ -295,14 +298,23 @@ def _search(table: TableFile, section: str, key: str, tokens: int, start, varian
         if prev_ms < ms:
             print(f"  the previous entry stays: {prev_ms:.4f} ms (search: {ms:.4f})")
             best, ms = previous, prev_ms
+    if heuristic is not None:
+        start_ms = measure(heuristic)
+        trials.append({"knob": "heuristic", "config": heuristic.to_dict(), "ms": _finite(start_ms)})
+        if start_ms < ms:
+            best, ms = heuristic, start_ms
     table.put(section, key, tokens, best, ms, start_ms, trials)
     print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
 
 
-def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heuristic, variants_for) -> None:
+def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heuristic, variants_for,
+             refine_for=None) -> None:
     """Every MoE shape and token count: make_experts(shape) -> the experts' tensors (made on the
     GPU), run(x, experts, topk_weights, topk_ids, out, config) one call, variants_for(t, e, k) the
-    knobs to search from heuristic(t, e, h, i, k)."""
+    knobs to search from heuristic(t, e, h, i, k).
+    --refine: start from the table's measured entry of each bucket instead (buckets without one are
+    skipped) and search only its GEMMs' knobs, refine_for(entry) (default: variants_for's "w13." and
+    "w2." knobs): a new knob or a re-check without re-running the whole descent."""
     import moe_kernels as mk
 
     for model, tp, (e, h, i, k) in [] if args.no_moe else moe_shapes(args.models, args.tps):
@@ -314,8 +326,18 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
             x, tw, ids = mk.make_routing(shape, t, DEVICE, seed=t)
             out = torch.empty_like(x)
             measure = lambda c: try_time(lambda: run(x, experts, tw, ids, out, c), t <= GRAPH_MAX_TOKENS)
-            _search(table, "moe", tables.moe_key(e, h, i, k), t, heuristic(t, e, h, i, k), variants_for(t, e, k),
-                    measure, deadline)  # fmt: skip
+            key, guess = tables.moe_key(e, h, i, k), heuristic(t, e, h, i, k)
+            if not getattr(args, "refine", False):
+                _search(table, "moe", key, t, guess, variants_for(t, e, k), measure, deadline)
+                continue
+            entry = table.measured("moe", key, t)
+            if entry is None:
+                print(f"[moe {key} T={t}] no measured entry to refine")
+                continue
+            start = type(guess).from_dict(entry)
+            variants = refine_for(start) if refine_for else [
+                v for v in variants_for(t, e, k) if v[0].startswith(("w13.", "w2."))]
+            _search(table, "moe", key, t, start, variants, measure, deadline, heuristic=guess)
         experts = None  # freed before the next shape's are made
         torch.cuda.empty_cache()
 
@@ -360,6 +382,8 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
     parser.add_argument("--no-moe", action="store_true", help="skip the MoE shapes")
     parser.add_argument("--budget-s", type=float, default=540.0)
     parser.add_argument("--guess", action="store_true", help="write the heuristic guesses (no GPU needed)")
+    parser.add_argument("--refine", action="store_true", help="MoE: start each bucket from the table's measured "
+                        "entry and search only its GEMMs' knobs")
     parser.add_argument("--gpu", default=None, help="the table's GPU tag (h100, h200, ...); default: this GPU's")
     parser.add_argument("--out", default=None, help=f"default: {fmt}_<gpu>.json in the first folder of "
                         f"$TENK_KERNEL_CONFIGS, else src/tenk/kernels/configs/{fmt}_<gpu>.json")

@@ -222,6 +222,17 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]
     impls = {t["config"].get("impl", "fused") for t in trials["256"] if t["ms"] is not None}
     assert impls == ({"fused", "dequant"} if fmt == "nvfp4" else {"fused"})
+    # --refine: from the entry just written, only its GEMMs' knobs, the heuristic timed beside
+    entry = data["moe"][key]["256"]
+    args.refine, args.tokens_list, args.dense = True, [256], False
+    with triton_interpreter():
+        module.tune(args, table, time.time() + 600)
+    refined = json.loads((tmp_path / "table.json").read_text())["moe"][key]["256"]
+    assert 0 < refined["ms"] <= refined["heuristic_ms"]
+    trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]["256"]
+    assert trials[0]["config"] == {k: v for k, v in entry.items() if k not in ("ms", "heuristic_ms")}
+    assert {t["knob"].split(".")[0] for t in trials[1:-1]} <= {"w13", "w2", "previous"}
+    assert trials[-1]["knob"] == "heuristic"
 
 def _eager_ms(fn) -> float:
     t = time.perf_counter()
