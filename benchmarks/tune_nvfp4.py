@@ -27,7 +27,7 @@ GEMM_KNOBS = {
     # on one warp: the most programs for the smallest batches; Qwen3-30B-A3B's 2-token w1|w3 on an H100)
     "tile": [(16, 1), (32, 2), (64, 2), (64, 4), (128, 4), (128, 8)],
     "block_kq": [16, 32, 64],
-    "num_stages": [2, 3, 4, 5],
+    "num_stages": [2, 3, 4, 5, 6],  # 6: Qwen3-30B-A3B's 1-token w1|w3 on 16-row, 1-warp tiles
     "split_k": [1, 2, 4, 8],
     "group_m": [1, 8, 32],  # token blocks that share a weight tile while it is in L2
     # whole tile shapes in one move: taller tiles re-read x less per weight byte (4 * block_m / rows),
