@@ -327,7 +327,7 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
             out = torch.empty_like(x)
             measure = lambda c: try_time(lambda: run(x, experts, tw, ids, out, c), t <= GRAPH_MAX_TOKENS)
             key, guess = tables.moe_key(e, h, i, k), heuristic(t, e, h, i, k)
-            if not getattr(args, "refine", False):
+            if not args.refine:
                 _search(table, "moe", key, t, guess, variants_for(t, e, k), measure, deadline)
                 continue
             entry = table.measured("moe", key, t)

@@ -204,7 +204,8 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     block_m_variants = tuning.block_m_variants
     monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
     # 256 tokens, top-2 of 8 experts: 64 pairs per expert
-    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 256], dense=True, no_moe=False)
+    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 256], dense=True, no_moe=False,
+                              refine=False)
     table = tuning.TableFile(tmp_path / "table.json", tmp_path / "none.json", "h100", fmt, tmp_path / "trials.json")
     with triton_interpreter():
         module.tune(args, table, time.time() + 600)
