@@ -364,11 +364,11 @@ def _nvfp4_moe_gemm_kernel(
 def _silu_mul_reduce_kernel(part_ptr, ids_ptr, out_ptr, N, s_pr, s_ps, s_or,
                             SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """act[pair] = silu(sum_s gate) * sum_s up from the split-K partials, rounded like the fused
-    epilogue; rows of -1 pairs are skipped (never written by the GEMM)."""
+    epilogue; rows of -1 pairs are not written (their partials, never written by the GEMM, are read
+    anyway, so the loads need not wait for the id)."""
     wait_prior_grid(PDL)
     p = tl.program_id(0).to(tl.int64)
-    if tl.load(ids_ptr + p) < 0:
-        return
+    ok = tl.load(ids_ptr + p) >= 0
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = c < N
     g = tl.zeros([BLOCK], tl.float32)
@@ -383,13 +383,15 @@ def _silu_mul_reduce_kernel(part_ptr, ids_ptr, out_ptr, N, s_pr, s_ps, s_or,
     g = g.to(dtype).to(tl.float32)
     u = u.to(dtype).to(tl.float32)
     s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-    tl.store(out_ptr + p * s_or + c, (s * u).to(dtype), mask=m)
+    tl.store(out_ptr + p * s_or + c, (s * u).to(dtype), mask=m & ok)
 
 
 @triton.jit
 def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
                            TOPK: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """out[t] = sum_j w[t, j] * sum_s y[s, t * k + j] over valid experts, in fp32, fixed order."""
+    """out[t] = sum_j w[t, j] * sum_s y[s, t * k + j] over valid experts, in fp32, fixed order.
+    The rows of -1 pairs (never written: garbage) are read too and zeroed after the load, so every
+    load of the program is in flight at once instead of the rows waiting for the ids."""
     wait_prior_grid(PDL)
     t = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -402,9 +404,9 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
         y = tl.zeros([BLOCK], tl.float32)
         part = y_ptr + p * s_yr + c
         for s in tl.static_range(SPLIT_K):  # stepped, not s * s_ys (see _silu_mul_reduce_kernel)
-            y += tl.load(part, mask=m & ok, other=0.0).to(tl.float32)
+            y += tl.load(part, mask=m, other=0.0).to(tl.float32)
             part += s_ys
-        acc += tl.where(ok, w, 0.0) * y
+        acc += tl.where(ok, w, 0.0) * tl.where(ok, y, 0.0)
     tl.store(out_ptr + t * s_ot + c, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
