@@ -324,17 +324,30 @@ def write_result(name: str, out: str, smoke: bool, started: float, rows: list, c
     return result, path
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_parser(doc: str, tokens) -> argparse.ArgumentParser:
+    """--models, --tokens, --out and --smoke, as the MoE kernel benchmarks take them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--models", default="qwen3,minimax")
-    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    parser.add_argument("--tokens", default=",".join(map(str, tokens)))
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
+    return parser
+
+
+def lacks_gpu(args, script: str) -> bool:
+    """A GPU run without a GPU: says so (the caller exits 2)."""
+    if args.smoke or torch.cuda.is_available():
+        return False
+    print(f"{script} needs a CUDA GPU (or --smoke on CPU)", file=sys.stderr)
+    return True
+
+
+def main() -> int:
+    parser = bench_parser(__doc__, TOKENS)
     parser.add_argument("--breakdown", action="store_true", help="also each NVFP4 kernel's device time per call "
                         "(torch.profiler, eager launches)")
     args = parser.parse_args()
-    if not args.smoke and not torch.cuda.is_available():
-        print("moe_kernels.py needs a CUDA GPU (or --smoke on CPU)", file=sys.stderr)
+    if lacks_gpu(args, "moe_kernels.py"):
         return 2
     device = "cpu" if args.smoke else "cuda"
     shapes = SMOKE_SHAPES if args.smoke else SHAPES

@@ -1,5 +1,7 @@
-"""The floor under issue 7's decode bandwidth targets: how fast any kernel reads the bytes a
-decode-sized NVFP4 MoE call must read, timed exactly as moe_kernels.py times the MoE, in the same run.
+"""The floor under issue 7's decode bandwidth targets, measured beside the NVFP4 MoE.
+
+How fast a plain read moves the bytes a decode-sized NVFP4 MoE call must read, timed exactly as
+moe_kernels.py times the MoE, in the same run.
 
     python benchmarks/read_floor.py [--models qwen3,minimax] [--tokens 1,16,256] [--out DIR]
     python benchmarks/read_floor.py --smoke   # CPU, Triton interpreter, tiny shapes: proves the script runs
@@ -25,8 +27,6 @@ Writes read_floor_<gpu>.json to $OUT (or benchmarks/results/). Budget: ~2 minute
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 import traceback
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs fro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from moe_kernels import (  # noqa: E402
-    CHAIN, COPY_TBPS, SHAPES, SMOKE_SHAPES, TARGET_BW, Shape, Timer, bytes_to_read, interpreter_if, make_experts,
-    make_routing, write_result,
+    CHAIN, COPY_TBPS, SHAPES, SMOKE_SHAPES, TARGET_BW, Shape, Timer, bench_parser, bytes_to_read, interpreter_if,
+    lacks_gpu, make_experts, make_routing, write_result,
 )
 from tenk.kernels._common import use_pdl  # noqa: E402
 from tenk.kernels import _tiles  # noqa: E402  (by module: the interpreter twins its functions in place)
@@ -195,14 +195,8 @@ def format_row(r: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="qwen3,minimax")
-    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
-    parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
-    args = parser.parse_args()
-    if not args.smoke and not torch.cuda.is_available():
-        print("read_floor.py needs a CUDA GPU (or --smoke on CPU)", file=sys.stderr)
+    args = bench_parser(__doc__, TOKENS).parse_args()
+    if lacks_gpu(args, "read_floor.py"):
         return 2
     device = torch.device("cpu" if args.smoke else "cuda")
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
