@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs fro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from moe_kernels import Shape as MoeShape  # noqa: E402
-from moe_kernels import Timer, interpreter_if, make_routing, write_result  # noqa: E402  (the NVFP4 benchmark's routing, timing and JSON)
+from moe_kernels import Timer, interpreter_if, lacks_gpu, make_routing, write_result  # noqa: E402  (the NVFP4 benchmark's routing, timing and JSON)
 
 TOKENS = (1, 16, 64, 256, 1024, 4096)
 CHECK_TOKENS = 256  # rows checked against the reference (it loops over experts)
@@ -219,8 +219,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     args = parser.parse_args()
-    if not args.smoke and not torch.cuda.is_available():
-        print("fp8_kernels.py needs a CUDA GPU (or --smoke on CPU)", file=sys.stderr)
+    if lacks_gpu(args, "fp8_kernels.py"):
         return 2
     device = "cpu" if args.smoke else "cuda"
     tps = [int(t) for t in args.tp.split(",")]

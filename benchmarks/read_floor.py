@@ -161,7 +161,8 @@ def floor_row(key: str, shape: Shape, tokens: int, packed, timer: Timer, device,
             times = {pdl: time_graph(timer, reads(parts, pdl)) / len(calls) for pdl in (True, False)}
             floor[f"{structure}_{how}_ms"] = min(times.values())
             floor[f"{structure}_{how}_ms_pdl_nopdl"] = [times[True], times[False]]
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
     cfg = moe_config(tokens, shape.experts, shape.hidden, shape.inter, shape.top_k, x.device)
     y = torch.empty_like(x)
