@@ -6,8 +6,9 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
     python benchmarks/tune_nvfp4.py --guess --gpu h100   # no GPU: write the heuristic guesses ("tuned": false)
 
 Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
-own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m; for
-tiny batches "direct" (no alignment launch); then the impl, fused or dequant; from 1,024 tokens on a
+own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m and the
+L2 prefetch before the PDL wait (0, 4,096 or 8,192 bytes a tile); for tiny batches "direct" (no
+alignment launch); then the impl, fused or dequant; from 1,024 tokens on a
 GPU also the Gluon "wgmma" MoE from a few measured tiles, then its tiles again (and a register cap).
 --refine starts from the table's entries and searches only their kernels' knobs.
 """
@@ -37,6 +38,8 @@ GEMM_KNOBS = {
                    dict(block_n=128, num_warps=4, block_kq=32, num_stages=3),
                    dict(block_n=128, num_warps=8, block_kq=32, num_stages=3)],
 }
+# the MoE's Triton GEMMs also prefetch their first K steps into L2 under PDL (Nvfp4Config.prefetch)
+MOE_KNOBS = {"prefetch": [0, 4096, 8192]}
 IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
 WGMMA_MIN_TOKENS = 1024  # below, the Triton kernels' smaller tiles won every bucket on an H100
 # (w1|w3, w2) tiles (block_n, block_kq, num_stages, num_warps) the wgmma MoE starts from: the best
@@ -58,15 +61,16 @@ def wgmma_variants(c) -> list:
     for bm in sorted({c.block_m, max(c.block_m, WGMMA_BLOCK_M)}):
         for tiles in WGMMA_TILES:
             gemms = [dataclasses.replace(g, block_m=bm, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3],
-                                         split_k=1, maxnreg=t[4] if len(t) > 4 else 0)
+                                         split_k=1, maxnreg=t[4] if len(t) > 4 else 0, prefetch=0)
                      for g, t in zip((c.w13, c.w2), tiles)]
             out.append(dataclasses.replace(c, block_m=bm, impl="wgmma", direct=False, w13=gemms[0], w2=gemms[1]))
     return out
 
 
 def moe_variants(t: int, e: int, k: int) -> list:
-    variants = tuning.block_m_variants(tuning.block_m_values(t, e, k)) + tuning.gemm_variants("w13", GEMM_KNOBS)
-    variants += tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k) + [IMPL]
+    knobs = {**GEMM_KNOBS, **MOE_KNOBS}
+    variants = tuning.block_m_variants(tuning.block_m_values(t, e, k)) + tuning.gemm_variants("w13", knobs)
+    variants += tuning.gemm_variants("w2", knobs) + tuning.direct_variants(t, k) + [IMPL]
     if t >= WGMMA_MIN_TOKENS and torch.cuda.is_available():
         # then the Gluon kernels' own descent, if the switch won
         only_wgmma = lambda make: lambda c: make(c) if c.impl == "wgmma" else []
@@ -78,7 +82,7 @@ def moe_variants(t: int, e: int, k: int) -> list:
 
 def refine_variants(c) -> list:
     """--refine: the knobs of the entry's own kernels (the wgmma MoE's, else the Triton one's)."""
-    knobs = WGMMA_KNOBS if c.impl == "wgmma" else GEMM_KNOBS
+    knobs = WGMMA_KNOBS if c.impl == "wgmma" else {**GEMM_KNOBS, **MOE_KNOBS}
     return tuning.gemm_variants("w13", knobs) + tuning.gemm_variants("w2", knobs)
 
 

@@ -201,6 +201,8 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     k_step = "block_kq" if fmt == "nvfp4" else "block_k"
     monkeypatch.setattr(module, "GEMM_KNOBS", {"tile": [(64, 4)], k_step: [16 if fmt == "nvfp4" else 64],
                                                "split_k": [1, 2]})  # fmt: skip
+    if fmt == "nvfp4":  # a prefetching config is a valid candidate (it prefetches only under PDL, on a GPU)
+        monkeypatch.setattr(module, "MOE_KNOBS", {"prefetch": [0, 4096]})
     block_m_variants = tuning.block_m_variants
     monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
     # 256 tokens, top-2 of 8 experts: 64 pairs per expert

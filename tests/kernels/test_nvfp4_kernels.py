@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from tenk.kernels import moe, nvfp4_gemm as ng, nvfp4_moe as nm, nvfp4_moe_wgmma as nm_wgmma
+from tenk.kernels._common import next_pow2
+from tenk.kernels._triton import tl
 from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_dense, heuristic_moe
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
@@ -348,6 +350,31 @@ def test_align_kernel_matches_torch_blocks(interpret, monkeypatch, one_cta, toke
         assert sorted(got[0][b : b + block_m].tolist()) == sorted(want[0][b : b + block_m].tolist())
 
 
+def _block_expert_probe(ids_ptr, out_ptr, P, E, BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr):
+    """Interpreted below (the interpreter context swaps tenk's own kernels only)."""
+    b = tl.program_id(0)
+    tl.store(out_ptr + b, nm._block_expert(ids_ptr, P, b, E, BM, NB, BP))
+
+
+@pytest.mark.parametrize("tokens,top_k,experts,block_m,bp", [(2, 8, 128, 16, 256), (16, 8, 128, 16, 256),
+                                                              (300, 8, 64, 16, 256), (40, 8, 256, 16, 512),
+                                                              (37, 3, 6, 64, 256)])  # fmt: skip
+def test_block_expert_matches_align(interpret, tokens, top_k, experts, block_m, bp):
+    """What the w1|w3 prefetch works out per token block from the flat ids alone is the block's expert
+    in moe_align_block_size (E or more past the used blocks); 2,400 pairs in passes of 256, empty
+    experts between used ones, dropped (-1) pairs."""
+    g = torch.Generator().manual_seed(tokens)
+    ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)]).int()
+    ids[torch.rand(tokens, top_k, generator=g) < 0.2] = -1
+    want = moe.moe_align_block_size(ids, experts, block_m)[1]
+    from triton.runtime.interpreter import InterpretedFunction
+
+    got = torch.full_like(want, -7)
+    InterpretedFunction(_block_expert_probe)[(want.numel(),)](ids.reshape(-1), got, ids.numel(), experts, BM=block_m,
+                                         NB=next_pow2(experts + 1), BP=bp)
+    assert torch.equal(torch.where(got < experts, got, -1), want)
+
+
 def test_align_chunk_is_a_few_powers_of_two():
     # capped where the multi-CTA kernels take over (a forced one-CTA run above makes several passes)
     assert nm.ALIGN_ONE_CTA_MAX_PAIRS == 2048
@@ -481,6 +508,37 @@ def test_moe_pdl_variant_waits_before_memory(gpu_variant, monkeypatch, tokens):
         expected += align_kernels(tokens * 8)
     assert sorted(r["name"] for r in results) == sorted(expected)
     assert_waits_first(results)
+
+
+_PRE_WAIT_ALLOWED = re.compile(r"\b(ld\.global|cp\.async\.bulk\.prefetch\.L2\.global)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [16, 256])
+def test_moe_prefetch_variant_compiles_for_sm90(gpu_variant, monkeypatch, tokens):
+    """Nvfp4Config.prefetch on both GEMMs: they fit an H100 without spilling and issue bulk L2
+    prefetches; before their PDL wait they only load (the ids or block experts) and prefetch, never
+    store or take atomics, and they release the next launch after the wait."""
+    monkeypatch.setattr(nm, "use_pdl", lambda device: True)
+    cfg = heuristic_moe(tokens, QWEN3["experts"], QWEN3["hidden"], QWEN3["inter"], 8)
+    on = lambda g: dataclasses.replace(g, split_k=1, prefetch=8192)
+    cfg = dataclasses.replace(cfg, direct=False, w13=on(cfg.w13), w2=on(cfg.w2))
+    experts = 8
+    x = torch.empty(tokens, QWEN3["hidden"], dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts)[:8] for _ in range(tokens)]).int()
+    w = _kernel_layout_experts(experts, QWEN3["hidden"], QWEN3["inter"])
+    assert ng.is_tiled(w[0], w[1])  # prefetch needs expert tiles
+    results = gpu_variant([nm], lambda: nm.nvfp4_fused_moe(x, *w, torch.full((tokens, 8), 0.125), ids, config=cfg))
+    assert_fits_sm90(results, ["_nvfp4_moe_gemm_kernel", "_combine_splits_kernel"] + align_kernels(tokens * 8))
+    gemms = [r for r in results if r["name"] == "_nvfp4_moe_gemm_kernel"]
+    assert len(gemms) == 2  # w1|w3 and w2
+    for r in gemms:
+        ptx = r["ptx"]
+        wait = ptx.find("griddepcontrol.wait")
+        assert 0 < ptx.find("cp.async.bulk.prefetch.L2.global") < wait < ptx.find("griddepcontrol.launch_dependents")
+        before = [m.group(0) for m in re.finditer(r"\b((ld|st|atom|red)\.global|cp\.async)\S*", ptx[:wait])]
+        assert before and all(_PRE_WAIT_ALLOWED.match(op) for op in before), before
+    assert_waits_first([r for r in results if r["name"] != "_nvfp4_moe_gemm_kernel"])
 
 
 @pytest.mark.slow
@@ -633,6 +691,30 @@ def test_gpu_moe_wgmma_register_cap():
     assert rel_err(out, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
 
 
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("tokens", [16, 256])
+def test_gpu_moe_prefetch_bit_for_bit(tokens):
+    """The L2 prefetch before the PDL wait changes nothing in the result, on expert tiles with PDL on
+    (the configuration that prefetches), in eager calls and in a CUDA graph."""
+    x, w, tw, ids = _gpu_moe_case(QWEN3, tokens)
+    packed = nm.tile_moe_experts(*ng.pack_for_kernel(w[0], w[1]), *ng.pack_for_kernel(w[3], w[4]), 8)
+    packed = (packed[0], packed[1], w[2], packed[2], packed[3], w[5])
+    gemm = Nvfp4Config(block_m=16, block_n=64, block_kq=64, num_stages=3, num_warps=2)
+    cfg = Nvfp4MoeConfig(block_m=16, w13=gemm, w2=gemm)
+    pre = dataclasses.replace(cfg, w13=dataclasses.replace(gemm, prefetch=8192), w2=dataclasses.replace(gemm, prefetch=4096))
+    assert nm.prefetch_args(pre.w13, True, 1, False, nm.use_pdl(x.device), 32, packed[0].shape[2] * 32,
+                            tokens * 8, w[0].shape[0], x.device)[0] > 0
+    want = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
+    out = torch.full_like(x, float("nan"))
+    graph = capture_cuda_graph(lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=pre))
+    for _ in range(3):
+        assert torch.equal(nm.nvfp4_fused_moe(x, *packed, tw, ids, config=pre), want)
+        out.fill_(float("nan"))
+        graph.replay()
+        assert torch.equal(out, want)
+
+
 def test_register_cap_config():
     """maxnreg: 0 (the compiler's choice, left out of tables) or a multiple of 8 in [24, 256], passed
     to the launch."""
@@ -645,6 +727,29 @@ def test_register_cap_config():
     for bad in (20, 130, 264, -8):
         with pytest.raises(ValueError, match="maxnreg"):
             Nvfp4Config(maxnreg=bad)
+
+
+def test_prefetch_config_and_launch_args():
+    """prefetch: 0 (off, left out of tables) or a multiple of 16 bytes; the launch prefetches only
+    with PDL, aligned blocks, whole K per program, expert tiles, and for w1|w3 up to the one-CTA
+    align's pair count, clamped to one tile's K run."""
+    on = Nvfp4Config(prefetch=8192, block_n=64, num_warps=2)
+    assert "prefetch" not in Nvfp4Config().to_dict() and Nvfp4Config.from_dict(on.to_dict()) == on
+    for bad in (8, 100, 65552, -16):
+        with pytest.raises(ValueError, match="prefetch"):
+            Nvfp4Config(prefetch=bad)
+    cpu = torch.device("cpu")
+    args = lambda cfg=on, gated=True, split=1, direct=False, pdl=True, tn=32, pairs=128: nm.prefetch_args(
+        cfg, gated, split, direct, pdl, tn, 512, pairs, 128, cpu)
+    programs, meta = args()
+    assert programs == nm.PREFETCH_CTAS_PER_SM * 4 and meta["PF"] == 8192  # num_sms is 4 off the GPU
+    assert meta["PF_PIECES"] == 16 and meta["PF_NB"] == 256 and meta["PF_BP"] == 256  # 64 threads, 4 tiles
+    assert args(gated=False)[1]["PF_PIECES"] == 32
+    assert args(cfg=dataclasses.replace(on, prefetch=65536))[1]["PF"] == 32 * 512 * 2  # one tile's K run
+    for off in (dict(cfg=Nvfp4Config()), dict(split=2), dict(direct=True), dict(pdl=False), dict(tn=1),
+                dict(pairs=nm.ALIGN_ONE_CTA_MAX_PAIRS + 8)):
+        assert args(**off) == (0, {"PF": 0, "PF_PIECES": 1, "PF_NB": 2, "PF_BP": 2}), off
+    assert args(gated=False, pairs=nm.ALIGN_ONE_CTA_MAX_PAIRS + 8)[0] > 0  # w2 reads the aligned experts
 
 
 def test_wgmma_narrow_tile_widths():

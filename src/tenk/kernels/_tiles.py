@@ -63,7 +63,9 @@ def wait_prior_grid(PDL: tl.constexpr):
     before any global read or write, by every CTA: a kernel that returned without waiting could
     finish before its predecessor, and a successor waiting on it would then read too early. The
     successor launches once every CTA here has called this, so all of this grid is resident and
-    its CTAs never queue behind the successor's."""
+    its CTAs never queue behind the successor's. Reads of what was written before the previous
+    launch began are safe before it (that launch waited for its own predecessor before releasing
+    this grid): the NVFP4 MoE's L2 prefetch reads the ids and block experts so."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

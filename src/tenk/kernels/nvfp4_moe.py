@@ -28,6 +28,13 @@ dequantization never overlaps the tensor cores; it was removed.)
 Weights come in either kernel layout: rows, or the expert tiles the engine stores on a GPU
 (tile_moe_experts: chunks of 32 rows by the decode K step, read whole by each step; results are
 identical).
+Under PDL a decode GEMM's grid is resident while the launch before it finishes, and DRAM idles
+meanwhile (the one-CTA align before w1|w3; w1|w3's last programs before w2): where the table sets
+Nvfp4Config.prefetch, the first programs fetch their tiles' first K steps into L2 then
+(prefetch_args). H100, whole calls in chains of 4 against the previous table: 1.02x-1.03x at 8 and
+16 tokens for Qwen3-30B-A3B and MiniMax-M2 (benchmarks/results/moe_prefetch_table_ab_h100.json);
+every program prefetching measured 0.88x-1.01x (each one counting its block's expert costs more than
+the prefetch brings, moe_prefetch_h100.json).
 `nvfp4_fused_moe_ref` (dequantize + fused_moe_ref) has the same signature.
 """
 
@@ -38,7 +45,7 @@ from collections import Counter
 
 import torch
 
-from tenk.kernels._common import next_pow2, use_pdl
+from tenk.kernels._common import next_pow2, num_sms, use_pdl
 from tenk.kernels._tiles import grouped_tile, wait_prior_grid
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
@@ -263,6 +270,48 @@ def _align_scatter_kernel(ids_ptr, sorted_ptr, expert_ptr, cursor_ptr, ends_ptr,
         tl.store(expert_ptr + b, expert, mask=b < num_blocks)
 
 
+@triton.jit
+def _block_expert(ids_ptr, P, pid_m, E, BM: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr):
+    """The expert moe_align_block_size gives token block pid_m, worked out from the flat ids alone
+    (E or more: a block past the used ones): the number of experts whose padded run ends at or
+    before the block, as the align kernels count it."""
+    counts = tl.zeros([NB], tl.int32)
+    for p0 in range(0, P, BP):
+        counts += _align_count(ids_ptr, p0, P, NB, BP)
+    e = tl.arange(0, NB)
+    ends = tl.cumsum(tl.where(e < E, (counts + BM - 1) // BM, 0), 0)
+    return tl.sum((ends <= pid_m).to(tl.int32), 0)
+
+
+# one bulk L2 prefetch per element, and a second one where the flag is set (no result: $0 is a dummy)
+_PREFETCH_ASM = tl.constexpr(
+    "{ .reg .pred p; setp.ne.b32 p, $4, 0; cp.async.bulk.prefetch.L2.global [$1], $3; "
+    "@p cp.async.bulk.prefetch.L2.global [$2], $5; mov.b32 $0, 0; }"
+) if tl else None
+
+
+@triton.jit
+def _prefetch_first_steps(wq_ptr, sq_ptr, e, pid_n, N, s_we, s_wn, s_se, s_sn, GATED: tl.constexpr,
+                          BN: tl.constexpr, TN: tl.constexpr, PF: tl.constexpr, PIECES: tl.constexpr):
+    """Bulk L2 prefetch of the first PF bytes of each 32-row expert tile this program's rows start
+    (and of the up half's), with their scale words, in PIECES pieces a tile spread over the threads.
+    Expert tiles keep a tile's K chunks in order, so its first K steps are one contiguous run."""
+    NG: tl.constexpr = max(1, BN // TN)
+    R: tl.constexpr = NG * (2 if GATED else 1)
+    i = tl.arange(0, R * PIECES)
+    region = i // PIECES
+    piece = i % PIECES
+    group = tl.minimum((pid_n * BN) // TN + region % NG, N // TN - 1).to(tl.int64)
+    half = (region >= NG).to(tl.int64)
+    w = wq_ptr + e * s_we + group * (TN * s_wn) + half * (N * s_wn) + piece * (PF // PIECES // 2)
+    s = sq_ptr + e * s_se + group * (TN * s_sn) + half * (N * s_sn)
+    s = s.to(tl.pointer_type(tl.int16), bitcast=True)  # the asm takes operands of one type
+    tl.inline_asm_elementwise(_PREFETCH_ASM, "=r,l,l,r,r,r",
+                              [w, s, tl.full([R * PIECES], PF // PIECES, tl.int32), (piece == 0).to(tl.int32),
+                               tl.full([R * PIECES], max(16, PF // 8), tl.int32)],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
 def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int, chunk: int | None = None,
                                 one_cta: bool | None = None):
     """tenk.kernels.moe.moe_align_block_size's contract (same blocks, same padding, same expert ids),
@@ -307,13 +356,14 @@ def moe_align_block_size_triton(topk_ids: torch.Tensor, num_experts: int, block_
 # ---------------------------------------------------------------- grouped GEMM
 
 
-@triton.jit(do_not_specialize=["num_pairs", "max_padded"])
+@triton.jit(do_not_specialize=["num_pairs", "max_padded", "num_experts", "pf_programs"])
 def _nvfp4_moe_gemm_kernel(
-    a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr,
-    num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
+    a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, expert_ptr, ids_ptr,
+    num_pairs, max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os, num_experts, pf_programs,
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
     TN: tl.constexpr, TQ: tl.constexpr, PDL: tl.constexpr,
+    PF: tl.constexpr, PF_PIECES: tl.constexpr, PF_NB: tl.constexpr, PF_BP: tl.constexpr,
 ):
     """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
     token for w13, the pair itself for w2), computed as out^T tiles [BN, BM].
@@ -324,8 +374,9 @@ def _nvfp4_moe_gemm_kernel(
     DIRECT (tiny batches, no alignment): token block m is pair m alone, expert_ptr holds the flat
     topk_ids; a token's top-k experts differ, so no weight is read twice.
     TN, TQ: the weight layout (TN 1: rows; else expert tiles of TN x TQ chunks, nvfp4_gemm.TILE_ROWS);
-    the up half of w1|w3 starts N rows on in either (N * s_wn, N * s_sn: TN divides N)."""
-    wait_prior_grid(PDL)
+    the up half of w1|w3 starts N rows on in either (N * s_wn, N * s_sn: TN divides N).
+    PF > 0 (expert tiles, PDL): programs below pf_programs first prefetch PF bytes of their tiles'
+    first K steps into L2 (prefetch_args); ids_ptr: the flat topk ids, for w1|w3's."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     if DIRECT:
@@ -334,6 +385,21 @@ def _nvfp4_moe_gemm_kernel(
         num_m = tl.cdiv(max_padded, BM)
     num_n = tl.cdiv(N, BN)
     pid_m, pid_n = grouped_tile(pid, num_m, num_n, GROUP_M)
+    if PF > 0:
+        # Under PDL the grid is resident while the previous launch finishes (the one-CTA align for
+        # w1|w3, w1|w3's last programs for w2) and DRAM is mostly idle, so the first programs fetch
+        # their first K steps into L2 meanwhile. What they read before the wait was written before
+        # the previous launch began (it waited for its own predecessor before letting this grid
+        # launch): w1|w3 counts its block's expert from the flat ids, w2 reads the aligned one.
+        if pid < pf_programs:
+            if GATED:
+                pf_e = _block_expert(ids_ptr, num_pairs, pid_m, num_experts, BM, PF_NB, PF_BP)
+            else:
+                pf_e = tl.load(expert_ptr + pid_m)
+            if (pf_e >= 0) & (pf_e < num_experts):
+                _prefetch_first_steps(wq_ptr, sq_ptr, pf_e, pid_n, N, s_we, s_wn, s_se, s_sn, GATED, BN, TN, PF,
+                                      PF_PIECES)
+    wait_prior_grid(PDL)
     e, row_ok, safe, a_row = moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK, A_BY_TOKEN,
                                        DIRECT, BM)
     if e < 0:
@@ -410,10 +476,32 @@ def _combine_splits_kernel(y_ptr, w_ptr, ids_ptr, out_ptr, H, s_yr, s_ys, s_ot,
     tl.store(out_ptr + t * s_ot + c, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split, wgmma=False):
+PREFETCH_CTAS_PER_SM = 4  # the programs that prefetch: about the first wave of a decode GEMM's grid
+
+
+def prefetch_args(cfg, gated: bool, split: int, direct: bool, pdl: bool, tn: int, q: int, num_pairs: int,
+                  num_experts: int, device: torch.device) -> tuple[int, dict]:
+    """(programs, kernel constexprs) of a GEMM's L2 prefetch before its PDL wait (Nvfp4Config.prefetch;
+    PF 0 when off). Only with PDL (without it nothing runs meanwhile), aligned blocks, whole K per
+    program and expert tiles; w1|w3 only up to the one-CTA align's size, as each prefetching program
+    counts the pairs per expert itself."""
+    meta = {"PF": 0, "PF_PIECES": 1, "PF_NB": 2, "PF_BP": 2}
+    nbytes = min(cfg.prefetch, tn * q * 2)  # at most one 32-row tile's whole K run
+    if (nbytes < 16 or not pdl or direct or split != 1 or tn == 1
+            or (gated and num_pairs > ALIGN_ONE_CTA_MAX_PAIRS)):
+        return 0, meta
+    regions = max(1, cfg.block_n // tn) * (2 if gated else 1)
+    meta.update(PF=nbytes, PF_PIECES=max(1, min(cfg.num_warps * 32 // regions, nbytes // 16)))
+    if gated:  # the pairs per expert, counted in chunks of PF_BP over PF_NB bins (as the align kernels)
+        meta.update(PF_NB=next_pow2(num_experts + 1), PF_BP=min(ALIGN_ONE_CTA_MAX_PAIRS, max(256, next_pow2(num_pairs))))
+    return PREFETCH_CTAS_PER_SM * num_sms(device), meta
+
+
+def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_token, cfg, split, wgmma=False,
+          flat_ids: torch.Tensor | None = None, num_experts: int = 0):
     """align: moe_align_block_size's triple, or the flat topk_ids alone (direct mode). wgmma: the
     Gluon kernel (nvfp4_moe_wgmma) instead of the Triton one. Weights in either layout (layout:
-    their expert_layout)."""
+    their expert_layout). flat_ids, num_experts: for cfg.prefetch (prefetch_args)."""
     direct = isinstance(align, torch.Tensor)
     sorted_ids, expert_ids = (align, align) if direct else align[:2]
     max_padded = num_pairs if direct else sorted_ids.numel()
@@ -429,13 +517,14 @@ def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_tok
     s_os = out.stride(0) if split > 1 else 0
     s_we, s_wn, s_se, s_sn = layout[4:]
     pdl = use_pdl(a.device)
+    pf_programs, pf_meta = prefetch_args(cfg, gated, split, direct, pdl, tn, q, num_pairs, num_experts, a.device)
     _nvfp4_moe_gemm_kernel[grid](
-        a, wq, sq, gs, out, sorted_ids, expert_ids,
+        a, wq, sq, gs, out, sorted_ids, expert_ids, flat_ids if flat_ids is not None else expert_ids,
         num_pairs, max_padded, n, q, a.stride(0), s_we, s_wn, s_se, s_sn,
-        gs.stride(0), s_or, s_os,
+        gs.stride(0), s_or, s_os, num_experts, pf_programs,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
         BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), TN=tn, TQ=tq, PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl, **cfg.launch_options(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl, **pf_meta, **cfg.launch_options(),
     )
 
 
@@ -488,9 +577,11 @@ def _fused(x, w13q, w13s, g13, w2q, w2s, g2, topk_weights, topk_ids, out, cfg: N
 
     def gemm(first, a, dst, align, split):
         if first:
-            _gemm(a, w13q, w13s, l13, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split, wgmma)
+            _gemm(a, w13q, w13s, l13, g13, dst, align, P, two_i // 2, k, True, True, cfg.w13, split, wgmma,
+                  flat_ids=topk_ids.reshape(-1), num_experts=E)
         else:
-            _gemm(a, w2q, w2s, l2, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split, wgmma)
+            _gemm(a, w2q, w2s, l2, g2, dst, align, P, x.shape[1], k, False, False, cfg.w2, split, wgmma,
+                  num_experts=E)
 
     return run_moe_stages(x, topk_weights, topk_ids, out, E, two_i // 2, cfg.block_m, cfg.direct,
                           _splits(cfg.w13, q13), _splits(cfg.w2, q2), gemm)

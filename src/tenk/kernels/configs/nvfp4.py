@@ -62,9 +62,17 @@ class Nvfp4Config:
     # (no spills) two share it: Qwen3-30B-A3B's w2 launch at 16,384 tokens 1.11x on an H100, the whole
     # MoE call 1.00x-1.03x (benchmarks/results/moe_wgmma_maxnreg_h100.json)
     maxnreg: int = 0
+    # MoE decode GEMMs (Triton kernel): bytes of each 32-row expert tile's first K steps that the
+    # grid's first programs fetch into L2 before their PDL wait, while the previous launch (the align
+    # kernel for w1|w3, w1|w3's last programs for w2) leaves DRAM idle (nvfp4_moe.prefetch_args).
+    # Qwen3-30B-A3B at 16 tokens on an H100, both GEMMs at 8,192: whole MoE calls 1.027x in chains of
+    # 4 (benchmarks/results/moe_prefetch_table_ab_h100.json); 0 (off) where it did not pay (32 tokens on)
+    prefetch: int = 0
 
     def __post_init__(self):
         check_launch(self, ("block_m", "block_n", "block_kq"), "NVFP4")
+        if self.prefetch and not (16 <= self.prefetch <= 65536 and self.prefetch % 16 == 0):
+            raise ValueError(f"prefetch must be 0 (off) or a multiple of 16 bytes up to 65536, got {self.prefetch}")
 
     def launch_options(self) -> dict:
         """Compiler options of the kernel launch beyond warps and stages."""
@@ -76,8 +84,9 @@ class Nvfp4Config:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if not d["maxnreg"]:  # tables list a cap only where one was chosen
-            del d["maxnreg"]
+        for knob in ("maxnreg", "prefetch"):  # tables list these only where one was chosen
+            if not d[knob]:
+                del d[knob]
         return d
 
 
