@@ -31,8 +31,8 @@ identical).
 Under PDL a decode GEMM's grid is resident while the launch before it finishes, and DRAM idles
 meanwhile (the one-CTA align before w1|w3; w1|w3's last programs before w2): where the table sets
 Nvfp4Config.prefetch, the first programs fetch their tiles' first K steps into L2 then
-(prefetch_args). H100, whole calls in chains of 4 against the previous table: 1.02x-1.03x at 8 and
-16 tokens for Qwen3-30B-A3B and MiniMax-M2 (benchmarks/results/moe_prefetch_table_ab_h100.json);
+(prefetch_args). H100, whole calls against the previous table, isolated and in chains of 4:
+1.01x-1.04x at 8-256 tokens where the tuner turned it on (benchmarks/results/moe_prefetch_table_ab*);
 every program prefetching measured 0.88x-1.01x (each one counting its block's expert costs more than
 the prefetch brings, moe_prefetch_h100.json).
 `nvfp4_fused_moe_ref` (dequantize + fused_moe_ref) has the same signature.

@@ -66,7 +66,7 @@ class Nvfp4Config:
     # grid's first programs fetch into L2 before their PDL wait, while the previous launch (the align
     # kernel for w1|w3, w1|w3's last programs for w2) leaves DRAM idle (nvfp4_moe.prefetch_args).
     # Qwen3-30B-A3B at 16 tokens on an H100, both GEMMs at 8,192: whole MoE calls 1.027x in chains of
-    # 4 (benchmarks/results/moe_prefetch_table_ab_h100.json); 0 (off) where it did not pay (32 tokens on)
+    # 4 (benchmarks/results/moe_prefetch_table_ab_h100.json); 0 (off) where the tuner found no gain
     prefetch: int = 0
 
     def __post_init__(self):
