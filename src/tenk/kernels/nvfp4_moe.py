@@ -171,6 +171,15 @@ def _align_count(ids_ptr, p0, P, NB: tl.constexpr, BP: tl.constexpr):
 
 
 @triton.jit
+def _align_counts(ids_ptr, P, NB: tl.constexpr, BP: tl.constexpr):
+    """Pairs per expert over all P pairs, in passes of BP (_align_count's bins)."""
+    counts = tl.zeros([NB], tl.int32)
+    for p0 in range(0, P, BP):
+        counts += _align_count(ids_ptr, p0, P, NB, BP)
+    return counts
+
+
+@triton.jit
 def _align_runs(counts, cursor_ptr, npp_ptr, E, BM: tl.constexpr, NB: tl.constexpr):
     """Each expert's run padded to a multiple of BM: cursors at the run starts, the padded total
     (num_tokens_post_padded); returns (the runs' ends, the total)."""
@@ -214,10 +223,7 @@ def _moe_align_kernel(ids_ptr, sorted_ptr, expert_ptr, npp_ptr, cursor_ptr, P, E
     histogram of the run ends over NBLK > num_blocks bins, summed up (a searchsorted per block over
     all experts cost ~8 us at 2,048 pairs and 128 experts on an H100; this is one pass)."""
     wait_prior_grid(PDL)
-    counts = tl.zeros([NB], tl.int32)
-    for p0 in range(0, P, BP):
-        counts += _align_count(ids_ptr, p0, P, NB, BP)
-    pad_end, total = _align_runs(counts, cursor_ptr, npp_ptr, E, BM, NB)
+    pad_end, total = _align_runs(_align_counts(ids_ptr, P, NB, BP), cursor_ptr, npp_ptr, E, BM, NB)
     for s0 in range(0, max_padded, BP):
         _align_fill(sorted_ptr, s0, max_padded, P, BP)
     e = tl.arange(0, NB)
@@ -275,9 +281,7 @@ def _block_expert(ids_ptr, P, pid_m, E, BM: tl.constexpr, NB: tl.constexpr, BP: 
     """The expert moe_align_block_size gives token block pid_m, worked out from the flat ids alone
     (E or more: a block past the used ones): the number of experts whose padded run ends at or
     before the block, as the align kernels count it."""
-    counts = tl.zeros([NB], tl.int32)
-    for p0 in range(0, P, BP):
-        counts += _align_count(ids_ptr, p0, P, NB, BP)
+    counts = _align_counts(ids_ptr, P, NB, BP)
     e = tl.arange(0, NB)
     ends = tl.cumsum(tl.where(e < E, (counts + BM - 1) // BM, 0), 0)
     return tl.sum((ends <= pid_m).to(tl.int32), 0)
