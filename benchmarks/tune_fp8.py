@@ -4,6 +4,7 @@ that tenk.kernels.configs.fp8 reads (src/tenk/kernels/configs/fp8_<gpu>.json).
     python benchmarks/tune_fp8.py [--models qwen3,minimax] [--tp 1,2] [--tokens 1,16,...] [--dense]
                                   [--no-moe] [--budget-s 540] [--out PATH]
     python benchmarks/tune_fp8.py --guess --gpu h100   # no GPU: write the heuristic guesses ("tuned": false)
+    python benchmarks/tune_fp8.py --refine --seed-from h100 [--no-search]   # an H200: start from the H100's winners
 
 Weights: random E4M3 codes with block-128 scales (the official FP8 checkpoints' layout), made on
 the GPU. Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert

@@ -4,6 +4,7 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
     python benchmarks/tune_nvfp4.py [--models qwen3,minimax] [--tp 1,2] [--tokens 1,16,...] [--dense]
                                     [--no-moe] [--budget-s 540] [--out PATH]
     python benchmarks/tune_nvfp4.py --guess --gpu h100   # no GPU: write the heuristic guesses ("tuned": false)
+    python benchmarks/tune_nvfp4.py --refine --seed-from h100 [--no-search]   # an H200: start from the H100's winners
 
 Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
 own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m and the

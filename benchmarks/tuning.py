@@ -10,6 +10,10 @@ others stay, so a long sweep can be split over several runs (each run stops at -
 writes what it has). A candidate that fails to compile (too much shared memory) is skipped. Each
 measured entry keeps the winner's time ("ms") and the heuristic's, timed in the same run
 ("heuristic_ms").
+
+A GPU of an architecture already tuned (an H200 beside the H100's table): `--refine --seed-from h100`
+starts each bucket from that table's winner and refines it here; with `--no-search` it only times
+that winner against the heuristic, a few seconds a bucket. Such entries say "seeded_from".
 """
 
 from __future__ import annotations
@@ -121,6 +125,11 @@ def _all_measured(data: dict) -> bool:
     return all("ms" in v for v in _entries(data))  # entries without "ms" are still the guesses
 
 
+def _measured_in(data: dict, section: str, key: str, tokens: int) -> dict | None:
+    entry = data.get(section, {}).get(key, {}).get(str(tokens))
+    return entry if entry is not None and "ms" in entry else None
+
+
 def _measured_note(fmt: str) -> str:
     return (f"entries with an \"ms\" field were measured by benchmarks/tune_{fmt}.py (the winner's time; "
             "heuristic_ms: the heuristic config's, same run); the others are the heuristic guesses")
@@ -130,23 +139,36 @@ class TableFile:
     """A per-GPU table being rewritten: starts from the file at `path` (or the shipped one), keeps
     entries it does not measure, and is saved after every measured entry."""
 
-    def __init__(self, path: Path, shipped: Path, gpu: str, fmt: str, trials_path: Path | None = None):
+    def __init__(self, path: Path, shipped: Path, gpu: str, fmt: str, trials_path: Path | None = None,
+                 seed: tuple[str, Path] | None = None):  # fmt: skip
         self.path = path
         self.trials_path = trials_path  # every candidate's time, for reading the search afterwards
         self.trials: dict = {}
-        seed = path if path.exists() else shipped  # a fresh --out starts from the shipped table
-        self.data = json.loads(seed.read_text()) if seed.exists() else {"moe": {}, "dense": {}}
+        start = path if path.exists() else shipped  # a fresh --out starts from the shipped table
+        self.data = json.loads(start.read_text()) if start.exists() else {"moe": {}, "dense": {}}
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         self.data.update({"gpu": gpu, "tuned": True, "device": device, "note": _measured_note(fmt)})
+        # --seed-from: another GPU's table, whose measured entries start the buckets this one lacks
+        self.seed_tag, self.seed = (seed[0], json.loads(seed[1].read_text())) if seed else (None, None)
 
     def measured(self, section: str, key: str, tokens: int) -> dict | None:
         """The entry of exactly this bucket if a tuning run measured it (it has an "ms")."""
-        entry = self.data[section].get(key, {}).get(str(tokens))
-        return entry if entry is not None and "ms" in entry else None
+        return _measured_in(self.data, section, key, tokens)
+
+    def start_entry(self, section: str, key: str, tokens: int) -> tuple[dict | None, str | None]:
+        """Where --refine starts a bucket: this table's measured entry, else the seed table's
+        (with its GPU tag), else (None, None)."""
+        entry = self.measured(section, key, tokens)
+        if entry is not None:
+            return entry, None
+        entry = _measured_in(self.seed, section, key, tokens) if self.seed else None
+        return (entry, self.seed_tag) if entry is not None else (None, None)
 
     def put(self, section: str, key: str, tokens: int, cfg, ms: float, heuristic_ms: float,
-            trials: list | None = None) -> None:  # fmt: skip
+            trials: list | None = None, seeded_from: str | None = None) -> None:  # fmt: skip
         entry = {**cfg.to_dict(), "ms": round(ms, 5), "heuristic_ms": round(heuristic_ms, 5)}
+        if seeded_from is not None:  # the search began at that GPU's winner (timed here like any candidate)
+            entry["seeded_from"] = seeded_from
         self.data[section].setdefault(key, {})[str(tokens)] = entry
         if self.trials_path is not None and trials is not None:
             self.trials.setdefault(section, {}).setdefault(key, {})[str(tokens)] = trials
@@ -283,9 +305,10 @@ def block_m_variants(values=BLOCK_M_VALUES):
 
 
 def _search(table: TableFile, section: str, key: str, tokens: int, start, variants, measure, deadline: float,
-            heuristic=None) -> None:
+            heuristic=None, seeded_from: str | None = None) -> None:
     """heuristic: where the descent starts elsewhere (--refine), the heuristic config, timed here too
-    so the entry's heuristic_ms stays the heuristic's time in the same run."""
+    so the entry's heuristic_ms stays the heuristic's time in the same run. seeded_from: the GPU
+    whose table's entry `start` is (--seed-from), kept in the entry unless the heuristic won."""
     print(f"[{section} {key} T={tokens}]")
     trials = []
     best, ms, start_ms = descend(start, variants, measure, deadline, trials)
@@ -303,7 +326,8 @@ def _search(table: TableFile, section: str, key: str, tokens: int, start, varian
         trials.append({"knob": "heuristic", "config": heuristic.to_dict(), "ms": _finite(start_ms)})
         if start_ms < ms:
             best, ms = heuristic, start_ms
-    table.put(section, key, tokens, best, ms, start_ms, trials)
+    seeded_from = seeded_from if best != heuristic else None
+    table.put(section, key, tokens, best, ms, start_ms, trials, seeded_from)
     print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
 
 
@@ -314,7 +338,9 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
     knobs to search from heuristic(t, e, h, i, k).
     --refine: start from the table's measured entry of each bucket instead (buckets without one are
     skipped) and search only its GEMMs' knobs, refine_for(entry) (default: variants_for's "w13." and
-    "w2." knobs): a new knob or a re-check without re-running the whole descent."""
+    "w2." knobs): a new knob or a re-check without re-running the whole descent. With --seed-from,
+    a bucket without one starts from that GPU's entry; --no-search times only the start and the
+    heuristic (a table for a GPU of the same architecture, in a few seconds a bucket)."""
     import moe_kernels as mk
 
     for model, tp, (e, h, i, k) in [] if args.no_moe else moe_shapes(args.models, args.tps):
@@ -330,14 +356,14 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
             if not args.refine:
                 _search(table, "moe", key, t, guess, variants_for(t, e, k), measure, deadline)
                 continue
-            entry = table.measured("moe", key, t)
+            entry, seeded_from = table.start_entry("moe", key, t)
             if entry is None:
                 print(f"[moe {key} T={t}] no measured entry to refine")
                 continue
             start = type(guess).from_dict(entry)
-            variants = refine_for(start) if refine_for else [
+            variants = [] if args.no_search else refine_for(start) if refine_for else [
                 v for v in variants_for(t, e, k) if v[0].startswith(("w13.", "w2."))]
-            _search(table, "moe", key, t, start, variants, measure, deadline, heuristic=guess)
+            _search(table, "moe", key, t, start, variants, measure, deadline, heuristic=guess, seeded_from=seeded_from)
         experts = None  # freed before the next shape's are made
         torch.cuda.empty_cache()
 
@@ -356,10 +382,19 @@ def tune_dense(args, table: TableFile, deadline: float, make_weight, run, heuris
             x = torch.randn(t, k, generator=g, device=DEVICE).to(DTYPE[DEVICE])
             out = torch.empty(t, n, device=DEVICE, dtype=x.dtype)
             measure = lambda c: try_time(lambda: run(x, weight, out, c), t <= GRAPH_MAX_TOKENS)
+            key, guess = tables.dense_key(n, k), heuristic(t, n, k)
             variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in BLOCK_M_VALUES])]
             variants += gemm_variants("", knobs)
             variants.append(("impl", lambda c: [dataclasses.replace(c, impl=v) for v in impls]))
-            _search(table, "dense", tables.dense_key(n, k), t, heuristic(t, n, k), variants, measure, deadline)
+            if not args.refine:
+                _search(table, "dense", key, t, guess, variants, measure, deadline)
+                continue
+            entry, seeded_from = table.start_entry("dense", key, t)
+            if entry is None:
+                print(f"[dense {key} T={t}] no measured entry to refine")
+                continue
+            _search(table, "dense", key, t, type(guess).from_dict(entry), [] if args.no_search else variants[1:],
+                    measure, deadline, heuristic=guess, seeded_from=seeded_from)
 
 
 def direct_variants(tokens: int, top_k: int) -> list:
@@ -382,8 +417,12 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
     parser.add_argument("--no-moe", action="store_true", help="skip the MoE shapes")
     parser.add_argument("--budget-s", type=float, default=540.0)
     parser.add_argument("--guess", action="store_true", help="write the heuristic guesses (no GPU needed)")
-    parser.add_argument("--refine", action="store_true", help="MoE: start each bucket from the table's measured "
-                        "entry and search only its GEMMs' knobs")
+    parser.add_argument("--refine", action="store_true", help="start each bucket from the table's measured entry "
+                        "and search only its GEMMs' knobs (the dense GEMM: all but block_m)")
+    parser.add_argument("--seed-from", default=None, metavar="GPU", help="with --refine: buckets this table has "
+                        "not measured start from that GPU's table (h100: a GPU of the same architecture)")
+    parser.add_argument("--no-search", action="store_true", help="with --refine: time only each bucket's start "
+                        "and the heuristic, and keep the faster")
     parser.add_argument("--gpu", default=None, help="the table's GPU tag (h100, h200, ...); default: this GPU's")
     parser.add_argument("--out", default=None, help=f"default: {fmt}_<gpu>.json in the first folder of "
                         f"$TENK_KERNEL_CONFIGS, else src/tenk/kernels/configs/{fmt}_<gpu>.json")
@@ -417,7 +456,14 @@ def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
     gpu = args.gpu or tables.gpu_tag()
     path = Path(args.out) if args.out else default_out(gpu, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt, Path(args.trials) if args.trials else None)
+    seed = None
+    if args.seed_from:
+        seed_path = tables.find_table(args.seed_from, fmt)
+        if seed_path is None:
+            print(f"--seed-from {args.seed_from}: no {fmt} table for that GPU", file=sys.stderr)
+            return 2
+        seed = (args.seed_from, seed_path)
+    table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt, Path(args.trials) if args.trials else None, seed)
     deadline = time.time() + args.budget_s
     tune(args, table, deadline)
     print(f"wrote {path}" + (" (stopped at the time budget)" if time.time() > deadline else ""))

@@ -151,6 +151,58 @@ def test_search_keeps_a_measured_entry_the_new_search_does_not_beat(tmp_path):
     assert table.measured("moe", "k", 1) is None
 
 
+def test_refine_seeded_from_another_gpus_table(tmp_path, monkeypatch):
+    """--refine --seed-from h100: a bucket this table has not measured starts from the h100 table's
+    winner, which is timed here beside the heuristic (--no-search: only those two); the entry says
+    where it started unless the heuristic won, and a bucket the table did measure starts there."""
+    shipped = tmp_path / "none.json"
+    seed_path = tmp_path / "seed.json"
+    key = "e8_h128_i64_top2"
+    heur = lambda t: fp8.heuristic_moe(t, 8, 128, 64, 2)
+    h100 = {t: dataclasses.replace(heur(t), w2=dataclasses.replace(heur(t).w2, num_stages=5)) for t in (1, 16, 64)}
+    seed_path.write_text(json.dumps({"moe": {key: {str(t): {**c.to_dict(), "ms": 0.1} for t, c in h100.items()}},
+                                     "dense": {}}))  # fmt: skip
+    table = tuning.TableFile(tmp_path / "out.json", shipped, "h200", "fp8", tmp_path / "trials.json",
+                             ("h100", seed_path))  # fmt: skip
+    own = dataclasses.replace(heur(64), w13=dataclasses.replace(heur(64).w13, num_stages=5))
+    table.put("moe", key, 64, own, 0.2, 0.3)  # measured on this GPU already: the seed is not used
+    timed = []
+
+    def run(x, w, tw, ids, out, c):
+        timed.append((x.shape[0], c))
+
+    def fake_time(fn, graph):  # 5 stages (the h100 winners, `own`) beat the rest, but for 16 tokens the heuristic
+        fn()
+        t, c = timed[-1]
+        return 1.0 if (t, c) == (16, heur(16)) else 2.0 if 5 in (c.w2.num_stages, c.w13.num_stages) else 3.0
+
+    tiny = dataclasses.replace(tuning.model_config("tiny-moe"), hidden_size=128, moe_intermediate_size=64)
+    monkeypatch.setattr(tuning, "DEVICE", "cpu")
+    monkeypatch.setattr(tuning, "model_config", lambda name: tiny)
+    monkeypatch.setattr(tuning, "try_time", fake_time)
+    w2_stages = lambda t, e, k: [("w2.num_stages", lambda c: [dataclasses.replace(c, w2=dataclasses.replace(
+        c.w2, num_stages=3))])]  # fmt: skip
+    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 16, 64, 256], dense=False, no_moe=False,
+                              refine=True, no_search=True)
+    tuning.tune_moe(args, table, time.time() + 60, lambda shape: None, run, lambda t, e, h, i, k: heur(t), w2_stages)
+    data = json.loads((tmp_path / "out.json").read_text())["moe"][key]
+    assert "256" not in data  # neither table measured it: skipped
+    assert fp8.Fp8MoeConfig.from_dict(data["1"]) == h100[1] and data["1"]["seeded_from"] == "h100"
+    assert (data["1"]["ms"], data["1"]["heuristic_ms"]) == (2.0, 3.0)
+    assert fp8.Fp8MoeConfig.from_dict(data["16"]) == heur(16) and "seeded_from" not in data["16"]
+    assert fp8.Fp8MoeConfig.from_dict(data["64"]) == own and "seeded_from" not in data["64"]
+    # --no-search: each bucket timed its start and the heuristic
+    trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]
+    assert [t["knob"] for t in trials["1"]] == ["start", "heuristic"]
+    assert [t["knob"] for t in trials["64"]] == ["start", "previous", "heuristic"]  # previous: the start itself
+    assert trials["64"][0]["config"] == own.to_dict()
+    args.no_search, args.tokens_list = False, [1]  # the refine's knobs too: w2 on 3 stages is tried from the seed
+    timed.clear()
+    tuning.tune_moe(args, table, time.time() + 60, lambda shape: None, run, lambda t, e, h, i, k: heur(t), w2_stages)
+    assert timed[0] == (1, h100[1]) and (1, dataclasses.replace(h100[1], w2=dataclasses.replace(h100[1].w2,
+                                                                                            num_stages=3))) in timed
+
+
 @pytest.mark.parametrize(("script", "fmt", "moe_cls", "dense_cls"), [
     ("tune_fp8.py", "fp8", fp8.Fp8MoeConfig, fp8.Fp8Config),
     ("tune_nvfp4.py", "nvfp4", nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)])  # fmt: skip
@@ -204,17 +256,19 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
     if fmt == "nvfp4":  # a prefetching config is a valid candidate (it prefetches only under PDL, on a GPU)
         monkeypatch.setattr(module, "MOE_KNOBS", {"prefetch": [0, 4096]})
     block_m_variants = tuning.block_m_variants
-    monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 64)))
-    # 256 tokens, top-2 of 8 experts: 64 pairs per expert
-    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 256], dense=True, no_moe=False,
-                              refine=False)
+    monkeypatch.setattr(tuning, "block_m_variants", lambda values=None: block_m_variants((16, 32)))
+    monkeypatch.setattr(tuning, "BLOCK_M_VALUES", (16, 32))  # the dense GEMM's descents
+    # 48 tokens, top-2 of 8 experts: 12 pairs per expert, so the 32-pair blocks hold padding (the
+    # interpreter's time grows with the programs, so the batch is no larger than that needs)
+    args = argparse.Namespace(models=["tiny"], tps=[1], tokens_list=[1, 48], dense=True, no_moe=False,
+                              refine=False, no_search=False)
     table = tuning.TableFile(tmp_path / "table.json", tmp_path / "none.json", "h100", fmt, tmp_path / "trials.json")
     with triton_interpreter():
         module.tune(args, table, time.time() + 600)
     data = json.loads((tmp_path / "table.json").read_text())
     moe_cls, dense_cls = (fp8.Fp8MoeConfig, fp8.Fp8Config) if fmt == "fp8" else (nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)
     key = f"e8_h{h}_i{i}_top2"
-    assert set(data["moe"]) == {key} and set(data["moe"][key]) == {"1", "256"}
+    assert set(data["moe"]) == {key} and set(data["moe"][key]) == {"1", "48"}
     assert set(data["dense"]) == {f"{2 * h}x{h}", f"{h}x{h}"}  # q|k|v (4 + 2 x 2 heads of h / 4) and o
     for section, cls in (("moe", moe_cls), ("dense", dense_cls)):
         for entries in data[section].values():
@@ -223,16 +277,16 @@ def test_sweeps_run_end_to_end_on_cpu(tmp_path, monkeypatch, fmt):
                 assert 0 < entry["ms"] <= entry["heuristic_ms"]
     assert data["tuned"]
     trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]
-    impls = {t["config"].get("impl", "fused") for t in trials["256"] if t["ms"] is not None}
+    impls = {t["config"].get("impl", "fused") for t in trials["48"] if t["ms"] is not None}
     assert impls == ({"fused", "dequant"} if fmt == "nvfp4" else {"fused"})
     # --refine: from the entry just written, only its GEMMs' knobs, the heuristic timed beside
-    entry = data["moe"][key]["256"]
-    args.refine, args.tokens_list, args.dense = True, [256], False
+    entry = data["moe"][key]["48"]
+    args.refine, args.tokens_list, args.dense = True, [48], False
     with triton_interpreter():
         module.tune(args, table, time.time() + 600)
-    refined = json.loads((tmp_path / "table.json").read_text())["moe"][key]["256"]
+    refined = json.loads((tmp_path / "table.json").read_text())["moe"][key]["48"]
     assert 0 < refined["ms"] <= refined["heuristic_ms"]
-    trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]["256"]
+    trials = json.loads((tmp_path / "trials.json").read_text())["moe"][key]["48"]
     assert trials[0]["config"] == {k: v for k, v in entry.items() if k not in ("ms", "heuristic_ms")}
     assert {t["knob"].split(".")[0] for t in trials[1:-1]} <= {"w13", "w2", "previous"}
     assert trials[-1]["knob"] == "heuristic"
