@@ -7,10 +7,11 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
     python benchmarks/tune_nvfp4.py --refine --seed-from h100 [--no-search]   # an H200: start from the H100's winners
 
 Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
-own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m and the
-L2 prefetch before the PDL wait (0, 4,096 or 8,192 bytes a tile); for tiny batches "direct" (no
-alignment launch); then the impl, fused or dequant; from 1,024 tokens on a
-GPU also the Gluon "wgmma" MoE from a few measured tiles, then its tiles again (and a register cap).
+own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m, the
+L2 prefetch before the PDL wait (0, 4,096 or 8,192 bytes a tile) and the half-wide tiles of partly
+padded token blocks (narrow); for tiny batches "direct" (no alignment launch); then the impl,
+fused or dequant; from 1,024 tokens on a GPU also the Gluon "wgmma" MoE from a few measured tiles,
+then its tiles again (and a register cap).
 --refine starts from the table's entries and searches only their kernels' knobs.
 """
 
@@ -40,7 +41,8 @@ GEMM_KNOBS = {
                    dict(block_n=128, num_warps=8, block_kq=32, num_stages=3)],
 }
 # the MoE's Triton GEMMs also prefetch their first K steps into L2 under PDL (Nvfp4Config.prefetch)
-MOE_KNOBS = {"prefetch": [0, 4096, 8192]}
+# and may run half-wide tiles for blocks whose pairs fit half of them (Nvfp4Config.narrow)
+MOE_KNOBS = {"prefetch": [0, 4096, 8192], "narrow": [False, True]}
 IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
 WGMMA_MIN_TOKENS = 1024  # below, the Triton kernels' smaller tiles won every bucket on an H100
 # (w1|w3, w2) tiles (block_n, block_kq, num_stages, num_warps) the wgmma MoE starts from: the best
@@ -62,7 +64,7 @@ def wgmma_variants(c) -> list:
     for bm in sorted({c.block_m, max(c.block_m, WGMMA_BLOCK_M)}):
         for tiles in WGMMA_TILES:
             gemms = [dataclasses.replace(g, block_m=bm, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3],
-                                         split_k=1, maxnreg=t[4] if len(t) > 4 else 0, prefetch=0)
+                                         split_k=1, maxnreg=t[4] if len(t) > 4 else 0, prefetch=0, narrow=False)
                      for g, t in zip((c.w13, c.w2), tiles)]
             out.append(dataclasses.replace(c, block_m=bm, impl="wgmma", direct=False, w13=gemms[0], w2=gemms[1]))
     return out

@@ -96,6 +96,7 @@ def test_wgmma_candidates_are_valid_warp_group_configs():
     assert {c.block_m for c in cands} == {16, 128}
     for c in cands:
         assert c.impl == "wgmma" and not c.direct and c.w13.split_k == c.w2.split_k == 1
+        assert not (c.w13.narrow or c.w2.narrow or c.w13.prefetch or c.w2.prefetch)  # Triton-kernel knobs
         assert nvfp4.Nvfp4MoeConfig.from_dict(c.to_dict()) == c
     tiles = dict(tuning.gemm_variants("w13", {"tile": [(32, 2), (64, 4), (128, 8)]}))["w13.tile"](cands[0])
     assert [(t.w13.block_n, t.w13.num_warps) for t in tiles] == [(64, 4), (128, 8)]  # 32 rows on 2 warps refused

@@ -238,6 +238,24 @@ def test_moe_matches_reference_fp32(interpret, cfg, drop):
     assert rel_err(out, ref) < 1e-6
 
 
+@pytest.mark.parametrize("split", [1, 2])
+def test_moe_narrow_tiles_bit_for_bit(interpret, split):
+    """Nvfp4Config.narrow: blocks whose pairs fit half of their 32 run 16-wide tiles; the results are
+    the full-width tiles' (up to the interpreter's fp32 matmul order: numpy sums a narrower product in
+    another order; on the GPU, bit for bit) and the reference's, with and without split-K."""
+    x, w, tw, ids = _moe_case(tokens=40, hidden=128, inter=64, experts=6, top_k=3, drop=0.1, seed=5)
+    counts = torch.bincount(ids[ids >= 0].long(), minlength=6) % 32
+    assert ((counts > 0) & (counts <= 16)).any() and (counts > 16).any()  # both tile widths run
+    wide = dataclasses.replace(_moe_cfg(bm=32, bn=32, split13=split, split2=split))
+    narrow = dataclasses.replace(wide, w13=dataclasses.replace(wide.w13, narrow=True),
+                                 w2=dataclasses.replace(wide.w2, narrow=True))
+    want = nm.nvfp4_fused_moe(x, *w, tw, ids, config=wide)
+    out = torch.full_like(x, float("nan"))
+    nm.nvfp4_fused_moe(x, *w, tw, ids, out=out, config=narrow)
+    assert rel_err(out, want) < 1e-6 and rel_err(out, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-6
+    assert Nvfp4Config.from_dict(narrow.w13.to_dict()) == narrow.w13 and "narrow" not in wide.w13.to_dict()
+
+
 def test_moe_bf16_kernel_layout(interpret):
     x, w, tw, ids = _moe_case(tokens=9, hidden=128, inter=64, experts=5, top_k=2, dtype=torch.bfloat16, drop=0.2, seed=8)
     w13q, w13s = ng.pack_for_kernel(w[0], w[1])
@@ -512,6 +530,22 @@ def test_moe_pdl_variant_waits_before_memory(gpu_variant, monkeypatch, tokens):
     assert_waits_first(results)
 
 
+@pytest.mark.slow
+def test_moe_narrow_tiles_compile_for_sm90(gpu_variant):
+    """Both tile widths of Nvfp4Config.narrow in one launch (Qwen3-30B-A3B's 256-token tiles) fit an
+    H100 without spilling."""
+    tokens, experts = 256, 8
+    gemm = lambda bn, bkq, stages: Nvfp4Config(block_m=32, block_n=bn, block_kq=bkq, num_stages=stages, narrow=True)
+    cfg = Nvfp4MoeConfig(block_m=32, w13=gemm(64, 64, 2), w2=gemm(128, 32, 3))
+    x = torch.empty(tokens, QWEN3["hidden"], dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts)[:8] for _ in range(tokens)]).int()
+    w = _kernel_layout_experts(experts, QWEN3["hidden"], QWEN3["inter"])
+    results = gpu_variant([nm], lambda: nm.nvfp4_fused_moe(x, *w, torch.full((tokens, 8), 0.125), ids, config=cfg))
+    assert_fits_sm90(results, ["_nvfp4_moe_gemm_kernel", "_combine_splits_kernel"] + align_kernels(tokens * 8))
+    gemms = [r for r in results if r["name"] == "_nvfp4_moe_gemm_kernel"]
+    assert len(gemms) == 2 and all(r["ptx"].count("wgmma.mma_async") > 0 for r in gemms)
+
+
 _PRE_WAIT_ALLOWED = re.compile(r"\b(ld\.global|cp\.async\.bulk\.prefetch\.L2\.global)")
 
 
@@ -712,6 +746,29 @@ def test_gpu_moe_prefetch_bit_for_bit(tokens):
     graph = capture_cuda_graph(lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=pre))
     for _ in range(3):
         assert torch.equal(nm.nvfp4_fused_moe(x, *packed, tw, ids, config=pre), want)
+        out.fill_(float("nan"))
+        graph.replay()
+        assert torch.equal(out, want)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("tokens", [64, 256])
+def test_gpu_moe_narrow_tiles_bit_for_bit(tokens):
+    """Narrow tiles (Nvfp4Config.narrow) give the full-width tiles' bf16 results bit for bit, eager
+    and in a CUDA graph."""
+    x, w, tw, ids = _gpu_moe_case(QWEN3, tokens)
+    packed = nm.tile_moe_experts(*ng.pack_for_kernel(w[0], w[1]), *ng.pack_for_kernel(w[3], w[4]), 8)
+    packed = (packed[0], packed[1], w[2], packed[2], packed[3], w[5])
+    gemm = Nvfp4Config(block_m=64, block_n=64, block_kq=64, num_stages=2, num_warps=4)
+    cfg = Nvfp4MoeConfig(block_m=64, w13=gemm, w2=gemm)
+    on = dataclasses.replace(gemm, narrow=True)
+    narrow = dataclasses.replace(cfg, w13=on, w2=on)
+    want = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
+    out = torch.full_like(x, float("nan"))
+    graph = capture_cuda_graph(lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=narrow))
+    for _ in range(2):
+        assert torch.equal(nm.nvfp4_fused_moe(x, *packed, tw, ids, config=narrow), want)
         out.fill_(float("nan"))
         graph.replay()
         assert torch.equal(out, want)

@@ -167,14 +167,16 @@ def moe_align_block_size(
 
 @triton.jit
 def block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK: tl.constexpr, A_BY_TOKEN: tl.constexpr,
-                DIRECT: tl.constexpr, BM: tl.constexpr):
+                DIRECT: tl.constexpr, BM: tl.constexpr, BMT: tl.constexpr = 0):
     """The (token, expert) pairs of token block pid_m in a grouped MoE GEMM (bf16, NVFP4, FP8):
     (row_ok [BM], pair index with padding rows clamped to 0, the A row each reads: its token for
-    w1|w3, the pair itself for w2). DIRECT: block m is pair m alone, no alignment."""
+    w1|w3, the pair itself for w2). DIRECT: block m is pair m alone, no alignment. BMT > 0: only
+    the block's first BMT pairs (a narrower tile; blocks stay BM apart)."""
+    W: tl.constexpr = BMT if BMT > 0 else BM
     if DIRECT:
-        pair = tl.where(tl.arange(0, BM) == 0, pid_m, num_pairs)
+        pair = tl.where(tl.arange(0, W) == 0, pid_m, num_pairs)
     else:
-        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_m = pid_m * BM + tl.arange(0, W)
         pair = tl.load(sorted_ptr + offs_m, mask=offs_m < max_padded, other=num_pairs)
     row_ok = pair < num_pairs
     safe = tl.where(row_ok, pair, 0).to(tl.int64)

@@ -50,11 +50,11 @@ from tenk.kernels._tiles import grouped_tile, wait_prior_grid
 from tenk.kernels._triton import tl, triton
 from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig, moe_config
 from tenk.kernels.moe import (
+    block_pairs,
     fused_moe_grouped_mm,
     fused_moe_ref,
     fused_moe_triton,
     moe_align_block_size,
-    moe_block,
     store_moe_tile,
 )
 from tenk.kernels.nvfp4_gemm import (
@@ -367,7 +367,7 @@ def _nvfp4_moe_gemm_kernel(
     TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr, DIRECT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr, GROUP_M: tl.constexpr, USE_ASM: tl.constexpr,
     TN: tl.constexpr, TQ: tl.constexpr, PDL: tl.constexpr,
-    PF: tl.constexpr, PF_PIECES: tl.constexpr, PF_NB: tl.constexpr, PF_BP: tl.constexpr,
+    PF: tl.constexpr, PF_PIECES: tl.constexpr, PF_NB: tl.constexpr, PF_BP: tl.constexpr, NARROW: tl.constexpr,
 ):
     """For each expert block of BM pairs: out[pair, :N] = A[row] @ dequant(W[e])^T (rows: the pair's
     token for w13, the pair itself for w2), computed as out^T tiles [BN, BM].
@@ -380,7 +380,9 @@ def _nvfp4_moe_gemm_kernel(
     TN, TQ: the weight layout (TN 1: rows; else expert tiles of TN x TQ chunks, nvfp4_gemm.TILE_ROWS);
     the up half of w1|w3 starts N rows on in either (N * s_wn, N * s_sn: TN divides N).
     PF > 0 (expert tiles, PDL): programs below pf_programs first prefetch PF bytes of their tiles'
-    first K steps into L2 (prefetch_args); ids_ptr: the flat topk ids, for w1|w3's."""
+    first K steps into L2 (prefetch_args); ids_ptr: the flat topk ids, for w1|w3's.
+    NARROW (Nvfp4Config.narrow, aligned blocks of 32 or more): a block with at most BM/2 pairs runs
+    the BM/2 wide tile (the rows it drops are padding)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     if DIRECT:
@@ -404,10 +406,32 @@ def _nvfp4_moe_gemm_kernel(
                 _prefetch_first_steps(wq_ptr, sq_ptr, pf_e, pid_n, N, s_we, s_wn, s_se, s_sn, GATED, BN, TN, PF,
                                       PF_PIECES)
     wait_prior_grid(PDL)
-    e, row_ok, safe, a_row = moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK, A_BY_TOKEN,
-                                       DIRECT, BM)
+    e = tl.load(expert_ptr + pid_m).to(tl.int64)  # moe_block's expert: -1 past the used blocks
     if e < 0:
         return
+    if NARROW:
+        # an expert's last block holds its pair count mod BM (valid pairs first, then padding): one
+        # whose pairs fit half the block runs the half-wide tile, half the MMA and x reads
+        row_ok, unused, unused2 = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM)
+        if tl.sum(row_ok.to(tl.int32), 0) <= BM // 2:
+            _moe_tile(pid_m, pid_n, pid_k, e, a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, num_pairs,
+                      max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
+                      TOPK, GATED, A_BY_TOKEN, SPLIT_K, DIRECT, BM, BM // 2, BN, BKQ, USE_ASM, TN, TQ)
+            return
+    _moe_tile(pid_m, pid_n, pid_k, e, a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, num_pairs,
+              max_padded, N, Q, s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
+              TOPK, GATED, A_BY_TOKEN, SPLIT_K, DIRECT, BM, BM, BN, BKQ, USE_ASM, TN, TQ)
+
+
+@triton.jit
+def _moe_tile(pid_m, pid_n, pid_k, e, a_ptr, wq_ptr, sq_ptr, gs_ptr, out_ptr, sorted_ptr, num_pairs, max_padded, N, Q,
+              s_ar, s_we, s_wn, s_se, s_sn, s_ge, s_or, s_os,
+              TOPK: tl.constexpr, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, SPLIT_K: tl.constexpr,
+              DIRECT: tl.constexpr, BM: tl.constexpr, BMT: tl.constexpr, BN: tl.constexpr, BKQ: tl.constexpr,
+              USE_ASM: tl.constexpr, TN: tl.constexpr, TQ: tl.constexpr):
+    """The out^T tile [BN, BMT] of the first BMT pairs of token block pid_m (blocks BM pairs apart)
+    for K split pid_k of expert e (_nvfp4_moe_gemm_kernel's work)."""
+    row_ok, safe, a_row = block_pairs(pid_m, num_pairs, max_padded, sorted_ptr, TOPK, A_BY_TOKEN, DIRECT, BM, BMT)
     offs_n = pid_n * BN + tl.arange(0, BN)
     n_ok = offs_n < N
     w_off, s_off = tile_offsets(offs_n, N, s_wn, s_sn, TN, TQ)
@@ -418,8 +442,8 @@ def _nvfp4_moe_gemm_kernel(
     k0 = pid_k * steps * BKQ
     k1 = tl.minimum(Q, k0 + steps * BKQ)
     COMPUTE: tl.constexpr = a_ptr.dtype.element_ty
-    acc = tl.zeros([BN, BM], tl.float32)
-    acc_up = tl.zeros([BN, BM], tl.float32)
+    acc = tl.zeros([BN, BMT], tl.float32)
+    acc_up = tl.zeros([BN, BMT], tl.float32)
     acc, acc_up = _accumulate(acc, acc_up, w_rows, s_rows, N * s_wn, N * s_sn, x_cols, row_ok[None, :], k0, k1, Q,
                               BN, BKQ, COMPUTE, USE_ASM, COMPUTE == tl.float32, GATED, TN, TQ)
 
@@ -528,6 +552,7 @@ def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_tok
         gs.stride(0), s_or, s_os, num_experts, pf_programs,
         TOPK=topk, GATED=gated, A_BY_TOKEN=a_by_token, SPLIT_K=split, DIRECT=direct,
         BM=cfg.block_m, BN=cfg.block_n, BKQ=bkq, GROUP_M=cfg.group_m, USE_ASM=use_asm(a), TN=tn, TQ=tq, PDL=pdl,
+        NARROW=cfg.narrow and not direct and cfg.block_m >= 32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl, **pf_meta, **cfg.launch_options(),
     )
 

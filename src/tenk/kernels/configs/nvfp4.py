@@ -68,6 +68,12 @@ class Nvfp4Config:
     # Qwen3-30B-A3B at 16 tokens on an H100, both GEMMs at 8,192: whole MoE calls 1.027x in chains of
     # 4 (benchmarks/results/moe_prefetch_table_ab_h100.json); 0 (off) where the tuner found no gain
     prefetch: int = 0
+    # MoE GEMMs (Triton kernel, token blocks of 32 or more): a block whose pairs fit half of it (an
+    # expert's last block holds its pair count mod block_m) runs a half-wide tile, half the MMA and
+    # activation reads. On an H100, whole MoE calls with both GEMMs narrowing: Qwen3-30B-A3B at 512
+    # and 1,024 tokens 1.02x, MiniMax-M2 at 1,024 1.05x-1.07x, but its TP=2 shard at 256 0.96x
+    # (benchmarks/results/moe_narrow_table_ab_h100.json), so the tuner decides per bucket
+    narrow: bool = False
 
     def __post_init__(self):
         check_launch(self, ("block_m", "block_n", "block_kq"), "NVFP4")
@@ -84,7 +90,7 @@ class Nvfp4Config:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for knob in ("maxnreg", "prefetch"):  # tables list these only where one was chosen
+        for knob in ("maxnreg", "prefetch", "narrow"):  # tables list these only where one was chosen
             if not d[knob]:
                 del d[knob]
         return d
