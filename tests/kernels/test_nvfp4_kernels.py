@@ -727,28 +727,38 @@ def test_gpu_moe_wgmma_register_cap():
     assert rel_err(out, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
 
 
+def _tiled_gpu_moe(tokens):
+    """_gpu_moe_case's Qwen3-30B-A3B experts in the kernel layout, cut into expert tiles."""
+    x, w, tw, ids = _gpu_moe_case(QWEN3, tokens)
+    packed = nm.tile_moe_experts(*ng.pack_for_kernel(w[0], w[1]), *ng.pack_for_kernel(w[3], w[4]), 8)
+    return x, (packed[0], packed[1], w[2], packed[2], packed[3], w[5]), w, tw, ids
+
+
+def _assert_bit_for_bit(x, packed, tw, ids, cfg, variant, rounds):
+    """variant gives cfg's results exactly, in eager calls and in a CUDA graph (replayed `rounds` times)."""
+    want = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
+    out = torch.full_like(x, float("nan"))
+    graph = capture_cuda_graph(lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=variant))
+    for _ in range(rounds):
+        assert torch.equal(nm.nvfp4_fused_moe(x, *packed, tw, ids, config=variant), want)
+        out.fill_(float("nan"))
+        graph.replay()
+        assert torch.equal(out, want)
+
+
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("tokens", [16, 256])
 def test_gpu_moe_prefetch_bit_for_bit(tokens):
     """The L2 prefetch before the PDL wait changes nothing in the result, on expert tiles with PDL on
     (the configuration that prefetches), in eager calls and in a CUDA graph."""
-    x, w, tw, ids = _gpu_moe_case(QWEN3, tokens)
-    packed = nm.tile_moe_experts(*ng.pack_for_kernel(w[0], w[1]), *ng.pack_for_kernel(w[3], w[4]), 8)
-    packed = (packed[0], packed[1], w[2], packed[2], packed[3], w[5])
+    x, packed, w, tw, ids = _tiled_gpu_moe(tokens)
     gemm = Nvfp4Config(block_m=16, block_n=64, block_kq=64, num_stages=3, num_warps=2)
     cfg = Nvfp4MoeConfig(block_m=16, w13=gemm, w2=gemm)
     pre = dataclasses.replace(cfg, w13=dataclasses.replace(gemm, prefetch=8192), w2=dataclasses.replace(gemm, prefetch=4096))
     assert nm.prefetch_args(pre.w13, True, 1, False, nm.use_pdl(x.device), 32, packed[0].shape[2] * 32,
                             tokens * 8, w[0].shape[0], x.device)[0] > 0
-    want = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
-    out = torch.full_like(x, float("nan"))
-    graph = capture_cuda_graph(lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=pre))
-    for _ in range(3):
-        assert torch.equal(nm.nvfp4_fused_moe(x, *packed, tw, ids, config=pre), want)
-        out.fill_(float("nan"))
-        graph.replay()
-        assert torch.equal(out, want)
+    _assert_bit_for_bit(x, packed, tw, ids, cfg, pre, 3)
 
 
 @pytest.mark.gpu
@@ -757,21 +767,11 @@ def test_gpu_moe_prefetch_bit_for_bit(tokens):
 def test_gpu_moe_narrow_tiles_bit_for_bit(tokens):
     """Narrow tiles (Nvfp4Config.narrow) give the full-width tiles' bf16 results bit for bit, eager
     and in a CUDA graph."""
-    x, w, tw, ids = _gpu_moe_case(QWEN3, tokens)
-    packed = nm.tile_moe_experts(*ng.pack_for_kernel(w[0], w[1]), *ng.pack_for_kernel(w[3], w[4]), 8)
-    packed = (packed[0], packed[1], w[2], packed[2], packed[3], w[5])
+    x, packed, w, tw, ids = _tiled_gpu_moe(tokens)
     gemm = Nvfp4Config(block_m=64, block_n=64, block_kq=64, num_stages=2, num_warps=4)
     cfg = Nvfp4MoeConfig(block_m=64, w13=gemm, w2=gemm)
     on = dataclasses.replace(gemm, narrow=True)
-    narrow = dataclasses.replace(cfg, w13=on, w2=on)
-    want = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
-    out = torch.full_like(x, float("nan"))
-    graph = capture_cuda_graph(lambda: nm.nvfp4_fused_moe(x, *packed, tw, ids, out=out, config=narrow))
-    for _ in range(2):
-        assert torch.equal(nm.nvfp4_fused_moe(x, *packed, tw, ids, config=narrow), want)
-        out.fill_(float("nan"))
-        graph.replay()
-        assert torch.equal(out, want)
+    _assert_bit_for_bit(x, packed, tw, ids, cfg, dataclasses.replace(cfg, w13=on, w2=on), 2)
 
 
 def test_register_cap_config():
