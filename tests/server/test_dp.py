@@ -190,56 +190,56 @@ class _Load:
                     self.results.append((t0, time.monotonic(), status, code, stream))
 
 
-def test_replica_death_fails_its_requests_and_it_comes_back(tiny_model_dir):
-    handle = start_server(tiny_model_dir, data_parallel_size=2, served_model_name=[MODEL_NAME])
-    try:
-        http = httpx.Client(base_url=handle.url, timeout=30)
-        links = handle.state.client.links
-        old_pid = handle.engine_pids[1]
-        with _Load(handle.url) as load:
-            # Both replicas are busy before one is killed.
-            assert wait_for(lambda: all(lk.stats is not None and lk.stats.num_running > 0 for lk in links), 20)
-            in_flight_on_1 = len(links[1].routes)
-            os.kill(old_pid, signal.SIGKILL)
-            t_kill = time.monotonic()
-            assert wait_for(lambda: http.get("/health").status_code == 200 and http.get("/health").content, 2)
-            health = http.get("/health").json()
-            assert health["status"] == "degraded" and health["replicas_up"] == 1
-            assert health["replicas"][1]["state"] in ("down", "starting")
-            assert "exited unexpectedly" in health["replicas"][1]["error"]
-            t_seen = time.monotonic()
-            time.sleep(1.5)  # replica 0 alone serves the load for a while
-        ok_after = [r for r in load.results if r[0] > t_seen and r[2] == 200]
-        failed = [r for r in load.results if r[2] != 200]
-        # Only requests in flight on the dead replica failed, each with a clear 503, at once.
-        assert failed and all(r[2] == 503 and r[3] == "engine_unavailable" for r in failed), failed
-        assert all(r[1] - t_kill < 2.0 for r in failed), "a failed request was not answered at once"
-        assert len(failed) <= in_flight_on_1 + 8  # plus at most one per client sent before the death was seen
-        assert not [r for r in load.results if r[0] > t_seen and r[2] != 200], "requests after the death failed"
-        assert len(ok_after) >= 4, "the surviving replica did not keep serving"
-        # The failures are counted, against the replica that died.
-        assert metric_by_engine(http, "tenk:engine_requests_failed_total") == {"0": 0.0, "1": float(len(failed))}
+def test_replica_death_fails_its_requests_and_it_comes_back(dp2):
+    # The module's dp2 server, started exactly as this test used to start its own: the tests
+    # above leave it idle, with no failed requests and no restarts (its counters start at zero
+    # for what is asserted here). This test kills its replicas, so it is the server's last user.
+    handle = dp2
+    http = httpx.Client(base_url=handle.url, timeout=30)
+    links = handle.state.client.links
+    old_pid = handle.engine_pids[1]
+    with _Load(handle.url) as load:
+        # Both replicas are busy before one is killed.
+        assert wait_for(lambda: all(lk.stats is not None and lk.stats.num_running > 0 for lk in links), 20)
+        in_flight_on_1 = len(links[1].routes)
+        os.kill(old_pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        assert wait_for(lambda: http.get("/health").status_code == 200 and http.get("/health").content, 2)
+        health = http.get("/health").json()
+        assert health["status"] == "degraded" and health["replicas_up"] == 1
+        assert health["replicas"][1]["state"] in ("down", "starting")
+        assert "exited unexpectedly" in health["replicas"][1]["error"]
+        t_seen = time.monotonic()
+        time.sleep(1.5)  # replica 0 alone serves the load for a while
+    ok_after = [r for r in load.results if r[0] > t_seen and r[2] == 200]
+    failed = [r for r in load.results if r[2] != 200]
+    # Only requests in flight on the dead replica failed, each with a clear 503, at once.
+    assert failed and all(r[2] == 503 and r[3] == "engine_unavailable" for r in failed), failed
+    assert all(r[1] - t_kill < 2.0 for r in failed), "a failed request was not answered at once"
+    assert len(failed) <= in_flight_on_1 + 8  # plus at most one per client sent before the death was seen
+    assert not [r for r in load.results if r[0] > t_seen and r[2] != 200], "requests after the death failed"
+    assert len(ok_after) >= 4, "the surviving replica did not keep serving"
+    # The failures are counted, against the replica that died.
+    assert metric_by_engine(http, "tenk:engine_requests_failed_total") == {"0": 0.0, "1": float(len(failed))}
 
-        # It comes back (restart with backoff) and takes requests again.
-        assert wait_for(lambda: http.get("/health").status_code == 200 and not http.get("/health").content, 30)
-        assert handle.engine_pids[1] not in (None, old_pid)
-        assert metric_by_engine(http, "tenk:engine_restarts_total") == {"0": 0.0, "1": 1.0}
-        before = metric_by_engine(http, "tenk:engine_requests_routed_total")
-        got = asyncio.run(_completions(handle.url, PROMPTS[:8], model=MODEL_NAME, **GREEDY))
-        assert all(r["usage"]["completion_tokens"] == 16 for r in got)
-        after = metric_by_engine(http, "tenk:engine_requests_routed_total")
-        assert after["1"] - before["1"] >= 3, "the restarted replica takes no requests"
+    # It comes back (restart with backoff) and takes requests again.
+    assert wait_for(lambda: http.get("/health").status_code == 200 and not http.get("/health").content, 30)
+    assert handle.engine_pids[1] not in (None, old_pid)
+    assert metric_by_engine(http, "tenk:engine_restarts_total") == {"0": 0.0, "1": 1.0}
+    before = metric_by_engine(http, "tenk:engine_requests_routed_total")
+    got = asyncio.run(_completions(handle.url, PROMPTS[:8], model=MODEL_NAME, **GREEDY))
+    assert all(r["usage"]["completion_tokens"] == 16 for r in got)
+    after = metric_by_engine(http, "tenk:engine_requests_routed_total")
+    assert after["1"] - before["1"] >= 3, "the restarted replica takes no requests"
 
-        # All replicas down: requests get 503 at once (no waiting for a restart).
-        for pid in handle.engine_pids:
-            os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: http.get("/health").status_code == 503, 2)
-        t0 = time.monotonic()
-        r = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "x", "max_tokens": 4})
-        assert r.status_code == 503 and time.monotonic() - t0 < 1.0
-        assert r.json()["error"]["code"] == "engine_unavailable"
-        assert r.json()["error"]["message"].startswith("no engine replica is running")
-        body = http.get("/health").json()
-        assert body["health"]["replicas_up"] == 0 and len(body["health"]["replicas"]) == 2
-    finally:
-        handle.stop()
+    # All replicas down: requests get 503 at once (no waiting for a restart).
+    for pid in handle.engine_pids:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: http.get("/health").status_code == 503, 2)
+    t0 = time.monotonic()
+    r = http.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "x", "max_tokens": 4})
+    assert r.status_code == 503 and time.monotonic() - t0 < 1.0
+    assert r.json()["error"]["code"] == "engine_unavailable"
+    assert r.json()["error"]["message"].startswith("no engine replica is running")
+    body = http.get("/health").json()
+    assert body["health"]["replicas_up"] == 0 and len(body["health"]["replicas"]) == 2
