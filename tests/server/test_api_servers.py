@@ -112,44 +112,44 @@ def test_a_second_server_on_the_port_is_refused(pool, tiny_model_dir):
         holder.close()
 
 
-def test_replica_death_is_seen_by_every_api_process(tiny_model_dir):
-    handle = start_server(tiny_model_dir, data_parallel_size=2, api_server_count=2, served_model_name=[MODEL_NAME])
-    try:
-        http = httpx.Client(base_url=handle.url, timeout=30)
-        old_pid = handle.engine_pids[1]
-        with _Load(handle.url) as load:
-            assert wait_for(lambda: sum(metric_by_engine(http, "vllm:num_requests_running").values()) >= 4, 20)
-            os.kill(old_pid, signal.SIGKILL)
-            t_kill = time.monotonic()
+def test_replica_death_is_seen_by_every_api_process(pool):
+    # The module's pool, started exactly as this test used to start its own: the tests above
+    # leave it idle, with no failed requests and no restarts (its counters start at zero for
+    # what is asserted here). This test kills a replica, so it is the pool's last user.
+    handle = pool
+    http = httpx.Client(base_url=handle.url, timeout=30)
+    old_pid = handle.engine_pids[1]
+    with _Load(handle.url) as load:
+        assert wait_for(lambda: sum(metric_by_engine(http, "vllm:num_requests_running").values()) >= 4, 20)
+        os.kill(old_pid, signal.SIGKILL)
+        t_kill = time.monotonic()
 
-            def degraded_everywhere() -> bool:  # new connections reach either process
-                for _ in range(6):
-                    r = httpx.get(handle.url + "/health", timeout=5)
-                    if r.status_code != 200 or not r.content or r.json()["replicas_up"] != 1:
-                        return False
-                return True
+        def degraded_everywhere() -> bool:  # new connections reach either process
+            for _ in range(6):
+                r = httpx.get(handle.url + "/health", timeout=5)
+                if r.status_code != 200 or not r.content or r.json()["replicas_up"] != 1:
+                    return False
+            return True
 
-            assert wait_for(degraded_everywhere, 3)
-            time.sleep(1.0)
-        failed = [r for r in load.results if r[2] != 200]
-        assert failed and all(r[2] == 503 and r[3] == "engine_unavailable" for r in failed), failed
-        assert all(r[1] - t_kill < 2.0 for r in failed), "a failed request was not answered at once"
-        assert metric_by_engine(http, "tenk:engine_requests_failed_total") == {"0": 0.0, "1": float(len(failed))}
+        assert wait_for(degraded_everywhere, 3)
+        time.sleep(1.0)
+    failed = [r for r in load.results if r[2] != 200]
+    assert failed and all(r[2] == 503 and r[3] == "engine_unavailable" for r in failed), failed
+    assert all(r[1] - t_kill < 2.0 for r in failed), "a failed request was not answered at once"
+    assert metric_by_engine(http, "tenk:engine_requests_failed_total") == {"0": 0.0, "1": float(len(failed))}
 
-        # Back in both API processes, counted once.
-        def healthy_everywhere() -> bool:
-            return all(httpx.get(handle.url + "/health", timeout=5).status_code == 200
-                       and not httpx.get(handle.url + "/health", timeout=5).content for _ in range(6))  # fmt: skip
+    # Back in both API processes, counted once.
+    def healthy_everywhere() -> bool:
+        return all(httpx.get(handle.url + "/health", timeout=5).status_code == 200
+                   and not httpx.get(handle.url + "/health", timeout=5).content for _ in range(6))  # fmt: skip
 
-        assert wait_for(healthy_everywhere, 30)
-        assert handle.engine_pids[1] not in (None, old_pid)
-        assert metric_by_engine(http, "tenk:engine_restarts_total") == {"0": 0.0, "1": 1.0}
-        before = metric_by_engine(http, "tenk:engine_requests_routed_total")
-        assert set(asyncio.run(_fresh_connections(handle.url, 16))) == {200}
-        after = metric_by_engine(http, "tenk:engine_requests_routed_total")
-        assert after["1"] - before["1"] >= 4, "the restarted replica takes no requests"
-    finally:
-        handle.stop()
+    assert wait_for(healthy_everywhere, 30)
+    assert handle.engine_pids[1] not in (None, old_pid)
+    assert metric_by_engine(http, "tenk:engine_restarts_total") == {"0": 0.0, "1": 1.0}
+    before = metric_by_engine(http, "tenk:engine_requests_routed_total")
+    assert set(asyncio.run(_fresh_connections(handle.url, 16))) == {200}
+    after = metric_by_engine(http, "tenk:engine_requests_routed_total")
+    assert after["1"] - before["1"] >= 4, "the restarted replica takes no requests"
 
 
 def _open_streams(port: int, n: int, max_tokens: int) -> list[socket.socket]:
