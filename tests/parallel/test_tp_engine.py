@@ -82,9 +82,16 @@ def _assert_same(got, want):
             assert max(abs(d[t] - ref[t]) for t in d) < 1e-4
 
 
+_REFERENCES: dict[str, list] = {}
+
+
 def _reference(path: str):
-    with LLM(path, **ENGINE) as llm:
-        return _generate(llm)
+    """TP=1's outputs for `path`, computed once per checkpoint (each is compared against by
+    several tests: qwen3_moe and minimax_m2 by two each)."""
+    if path not in _REFERENCES:
+        with LLM(path, **ENGINE) as llm:
+            _REFERENCES[path] = _generate(llm)
+    return _REFERENCES[path]
 
 
 def _assert_gone(workers):
