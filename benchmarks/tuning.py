@@ -331,6 +331,19 @@ def _search(table: TableFile, section: str, key: str, tokens: int, start, varian
     print(f"  best {ms:.4f} ms (heuristic {start_ms:.4f}): {best.to_dict()}")
 
 
+def _refine(args, table: TableFile, section: str, key: str, tokens: int, guess, variants_of, measure,
+            deadline: float) -> None:
+    """--refine of one bucket: from this table's measured entry (else --seed-from's), over
+    variants_of(start) (none with --no-search), the heuristic timed beside; skipped without one."""
+    entry, seeded_from = table.start_entry(section, key, tokens)
+    if entry is None:
+        print(f"[{section} {key} T={tokens}] no measured entry to refine")
+        return
+    start = type(guess).from_dict(entry)
+    variants = [] if args.no_search else variants_of(start)
+    _search(table, section, key, tokens, start, variants, measure, deadline, heuristic=guess, seeded_from=seeded_from)
+
+
 def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heuristic, variants_for,
              refine_for=None) -> None:
     """Every MoE shape and token count: make_experts(shape) -> the experts' tensors (made on the
@@ -356,14 +369,9 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
             if not args.refine:
                 _search(table, "moe", key, t, guess, variants_for(t, e, k), measure, deadline)
                 continue
-            entry, seeded_from = table.start_entry("moe", key, t)
-            if entry is None:
-                print(f"[moe {key} T={t}] no measured entry to refine")
-                continue
-            start = type(guess).from_dict(entry)
-            variants = [] if args.no_search else refine_for(start) if refine_for else [
-                v for v in variants_for(t, e, k) if v[0].startswith(("w13.", "w2."))]
-            _search(table, "moe", key, t, start, variants, measure, deadline, heuristic=guess, seeded_from=seeded_from)
+            gemm_knobs = refine_for or (lambda c: [v for v in variants_for(t, e, k)
+                                                   if v[0].startswith(("w13.", "w2."))])
+            _refine(args, table, "moe", key, t, guess, gemm_knobs, measure, deadline)
         experts = None  # freed before the next shape's are made
         torch.cuda.empty_cache()
 
@@ -386,15 +394,10 @@ def tune_dense(args, table: TableFile, deadline: float, make_weight, run, heuris
             variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in BLOCK_M_VALUES])]
             variants += gemm_variants("", knobs)
             variants.append(("impl", lambda c: [dataclasses.replace(c, impl=v) for v in impls]))
-            if not args.refine:
+            if args.refine:  # all knobs but block_m
+                _refine(args, table, "dense", key, t, guess, lambda c: variants[1:], measure, deadline)
+            else:
                 _search(table, "dense", key, t, guess, variants, measure, deadline)
-                continue
-            entry, seeded_from = table.start_entry("dense", key, t)
-            if entry is None:
-                print(f"[dense {key} T={t}] no measured entry to refine")
-                continue
-            _search(table, "dense", key, t, type(guess).from_dict(entry), [] if args.no_search else variants[1:],
-                    measure, deadline, heuristic=guess, seeded_from=seeded_from)
 
 
 def direct_variants(tokens: int, top_k: int) -> list:
@@ -428,6 +431,8 @@ def parse_args(doc: str, fmt: str) -> argparse.Namespace:
                         f"$TENK_KERNEL_CONFIGS, else src/tenk/kernels/configs/{fmt}_<gpu>.json")
     parser.add_argument("--trials", default=None, help="also write every candidate's time to this JSON")
     args = parser.parse_args()
+    if (args.seed_from or args.no_search) and not args.refine:
+        parser.error("--seed-from and --no-search go with --refine")
     args.models = args.models.split(",")
     args.tps = [int(t) for t in args.tp.split(",")]
     args.tokens_list = [int(t) for t in args.tokens.split(",")]
@@ -450,12 +455,6 @@ def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
         path = Path(args.out) if args.out else tables.table_path(gpu, fmt)
         write_guesses(path, gpu, fmt, heuristic_moe, heuristic_dense, args.models, sorted(set(args.tps) | set(GUESS_TPS)))
         return 0
-    if not torch.cuda.is_available():
-        print(f"tune_{fmt}.py needs a CUDA GPU (or --guess)", file=sys.stderr)
-        return 2
-    gpu = args.gpu or tables.gpu_tag()
-    path = Path(args.out) if args.out else default_out(gpu, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seed = None
     if args.seed_from:
         seed_path = tables.find_table(args.seed_from, fmt)
@@ -463,6 +462,12 @@ def main(doc: str, fmt: str, heuristic_moe, heuristic_dense, tune) -> int:
             print(f"--seed-from {args.seed_from}: no {fmt} table for that GPU", file=sys.stderr)
             return 2
         seed = (args.seed_from, seed_path)
+    if not torch.cuda.is_available():
+        print(f"tune_{fmt}.py needs a CUDA GPU (or --guess)", file=sys.stderr)
+        return 2
+    gpu = args.gpu or tables.gpu_tag()
+    path = Path(args.out) if args.out else default_out(gpu, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = TableFile(path, tables.table_path(gpu, fmt), gpu, fmt, Path(args.trials) if args.trials else None, seed)
     deadline = time.time() + args.budget_s
     tune(args, table, deadline)

@@ -204,6 +204,25 @@ def test_refine_seeded_from_another_gpus_table(tmp_path, monkeypatch):
                                                                                             num_stages=3))) in timed
 
 
+def test_seed_options_refuse_bad_input():
+    """--seed-from names a GPU with a table and goes with --refine, as does --no-search: otherwise
+    the tuner stops at once with a clear message (before it looks for a GPU)."""
+    import subprocess
+
+    from tests.benchmarks.test_serving_scripts import ENV, ROOT
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, str(BENCH / "tune_fp8.py"), *args], capture_output=True, text=True,
+                              timeout=120, env=ENV, cwd=ROOT)
+        return proc.returncode, proc.stderr
+
+    rc, err = run("--refine", "--seed-from", "nosuchgpu")
+    assert rc == 2 and "--seed-from nosuchgpu: no fp8 table for that GPU" in err
+    for args in (["--seed-from", "h100"], ["--no-search"]):
+        rc, err = run(*args)
+        assert rc == 2 and "--seed-from and --no-search go with --refine" in err, args
+
+
 @pytest.mark.parametrize(("script", "fmt", "moe_cls", "dense_cls"), [
     ("tune_fp8.py", "fp8", fp8.Fp8MoeConfig, fp8.Fp8Config),
     ("tune_nvfp4.py", "nvfp4", nvfp4.Nvfp4MoeConfig, nvfp4.Nvfp4Config)])  # fmt: skip
