@@ -123,7 +123,8 @@ def run_config(cfg: Config, args, log_dir: Path) -> dict:
                 env["CUDA_VISIBLE_DEVICES"] = gpus
             serve = [sys.executable, "-m", "tenk.cli.main", "serve", args.preset, "--load-format", "dummy",
                      "--port", str(port), "--max-num-seqs", str(args.max_num_seqs),
-                     "--max-model-len", str(args.input_len + args.output_len + 64), "--no-enable-prefix-caching",
+                     "--max-model-len", str(int((args.input_len + args.output_len) * (1 + args.range_ratio)) + 64),
+                     "--no-enable-prefix-caching",
                      *cfg.serve_args]  # fmt: skip
             result.setdefault("serve_command", serve[3:])
             logs.append(log_dir / (f"serve_{cfg.name}.log" if cfg.servers == 1 else f"serve_{cfg.name}_{i}.log"))
@@ -141,7 +142,7 @@ def run_config(cfg: Config, args, log_dir: Path) -> dict:
         bench = [sys.executable, "-m", "tenk.cli.main", "bench", *[a for u in urls for a in ("--url", u)],
                  "--dataset", "random", "--prompt-format", "ids", "--tokenizer", tokenizer,
                  "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-                 "--concurrency", cfg.concurrency or args.concurrency, "--prompts-per-concurrency",
+                 "--range-ratio", str(args.range_ratio), "--concurrency", cfg.concurrency or args.concurrency, "--prompts-per-concurrency",
                  str(args.prompts_per_concurrency), "--min-prompts", str(args.min_prompts), "--warmup", str(args.warmup),
                  "--quiet", "--out", str(out), "--level-timeout", str(args.level_timeout)]  # fmt: skip
         if args.bench_workers:
@@ -283,6 +284,8 @@ def main() -> int:
     ap.add_argument("--concurrency", default="seed")
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--range-ratio", type=float, default=0.0,
+                    help="input and output lengths drawn from N*(1-r)..N*(1+r) (tenk bench --range-ratio)")
     ap.add_argument("--prompts-per-concurrency", type=float, default=2.0)
     ap.add_argument("--min-prompts", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=8)
@@ -326,7 +329,7 @@ def main() -> int:
             done = [results[c.name] for c in configs if c.name in results]
             report = {
                 "benchmark": "headline", "preset": args.preset, "input_len": args.input_len,
-                "output_len": args.output_len, "concurrency": args.concurrency,
+                "output_len": args.output_len, "range_ratio": args.range_ratio, "concurrency": args.concurrency,
                 "prompts_per_concurrency": args.prompts_per_concurrency, "min_prompts": args.min_prompts,
                 "device": _device_name(), "torch": torch.__version__, "configs": done,
                 "unfinished": [c.name for c in configs if c.name not in results],

@@ -25,20 +25,31 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
     return torch.randint(10, vocab, (n, length), generator=g).tolist()
 
 
+def output_lens(n: int, args, hi: bool = False) -> list[int]:
+    """--output-len each, or with --range-ratio R uniform in [L(1-R), L(1+R)] (vLLM's random
+    dataset): requests then finish at different steps, so new prompts join running decodes."""
+    lo = max(1, round(args.output_len * (1 - args.range_ratio)))
+    top = max(lo, round(args.output_len * (1 + args.range_ratio)))
+    if hi:
+        return [top] * n
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(lo, top + 1, (n,), generator=g).tolist()
+
+
 def run_tenk(model_dir: Path, prompts, args) -> dict:
     from tenk import LLM, SamplingParams
 
     t0 = time.perf_counter()
     llm = LLM(
         str(model_dir), load_format="dummy", dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-        max_model_len=args.input_len + args.output_len + 16, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.input_len + max(output_lens(1, args, hi=True)) + 16, gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager,
-        enable_prefix_caching=False, quantization=args.quantization,
+        cudagraph_mode=args.cudagraph_mode, enable_prefix_caching=False, quantization=args.quantization,
         tensor_parallel_size=args.tensor_parallel_size, kv_cache_dtype=args.kv_cache_dtype,
     )
     startup = time.perf_counter() - t0
-    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True, temperature=0.0, detokenize=False) \
-        if "detokenize" in SamplingParams.__dataclass_fields__ else SamplingParams(max_tokens=args.output_len, ignore_eos=True, temperature=0.0)
+    extra = {"detokenize": False} if "detokenize" in SamplingParams.__dataclass_fields__ else {}
+    params = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0, **extra) for n in output_lens(len(prompts), args)]
     llm.generate(prompt_token_ids=prompts[: min(len(prompts), 2 * args.max_num_seqs)], sampling_params=SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     torch.cuda.synchronize() if torch.cuda.is_available() else None
     t0 = time.perf_counter()
@@ -51,7 +62,7 @@ def run_tenk(model_dir: Path, prompts, args) -> dict:
         "engine": "tenk", "dtype": args.dtype, "quantization": args.quantization, "tensor_parallel_size": args.tensor_parallel_size, "num_prompts": len(prompts), "generated_tokens": gen,
         "wall_s": wall, "output_tok_s": gen / wall, "total_tok_s": (gen + sum(map(len, prompts))) / wall,
         "startup_s": startup, "kv_capacity_tokens": stats.kv_capacity_tokens, "num_preemptions": stats.num_preemptions,
-        "max_num_seqs": args.max_num_seqs,
+        "max_num_seqs": args.max_num_seqs, "cudagraph_mode": args.cudagraph_mode, "enforce_eager": args.enforce_eager,
     }
 
 
@@ -97,6 +108,7 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=1024)
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--range-ratio", type=float, default=0.0, help="output lengths uniform in [L(1-R), L(1+R)]")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--kv-cache-dtype", default="auto", help="auto (= --dtype) | fp8 | fp8_e4m3")
     ap.add_argument("--tensor-parallel-size", "--tp", type=int, default=1)
@@ -105,6 +117,7 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--cudagraph-mode", default="full", help="full | full_decode_only (mixed and prefill steps eager)")
     ap.add_argument("--peer-num-prompts", type=int, default=256, help="0 skips the transformers peer")
     ap.add_argument("--peer-max-batch-tokens", type=int, default=None)
     ap.add_argument("--no-tenk", action="store_true", help="measure only the transformers peer")
@@ -118,7 +131,7 @@ def main() -> None:
     prompts = random_prompts(args.num_prompts, args.input_len, vocab, seed=0)
     result = {
         "benchmark": "offline_throughput", "preset": args.preset, "num_layers": args.num_layers,
-        "input_len": args.input_len, "output_len": args.output_len,
+        "input_len": args.input_len, "output_len": args.output_len, "range_ratio": args.range_ratio,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "python": sys.version.split()[0], "runs": [],
     }

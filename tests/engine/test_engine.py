@@ -332,3 +332,46 @@ def test_cudagraph_capture_sizes_follow_the_limit(tiny_moe):
     assert graph_batch_sizes(100, 1024)[-1] == 100
     with pytest.raises(ConfigError, match="max_cudagraph_capture_size"):
         EngineConfig(model=tiny_moe, device="cpu", max_cudagraph_capture_size=0)
+
+
+def test_mixed_graph_buckets_and_mode(tiny_moe):
+    from tenk.engine.config import EngineConfig
+    from tenk.engine.mixed_graphs import mixed_graph_sizes
+    from tenk.errors import ConfigError
+
+    sizes = mixed_graph_sizes(8192)
+    assert sizes[:8] == list(range(16, 129, 16)) and sizes[-1] == 8192 and len(sizes) == 32
+    assert all(b - a <= max(16, a // 4) for a, b in zip(sizes, sizes[1:]))  # a step pads under a quarter
+    assert mixed_graph_sizes(100) == [16, 32, 48, 64, 80, 96, 100] and mixed_graph_sizes(5) == [5]
+    with pytest.raises(ConfigError, match="cudagraph_mode"):
+        EngineConfig(model=tiny_moe, device="cpu", cudagraph_mode="piecewise")
+
+
+def _attach_padded_runner(engine):
+    """The mixed-step graph runner's padding, replayed eagerly (no graphs on a CPU): every step
+    that is not a decode-only one runs padded to its token bucket. Counts its runs."""
+    from tenk.engine.mixed_graphs import MixedGraphRunner
+
+    runner = engine.runner
+    cfg = runner.config
+    mixed = MixedGraphRunner(runner.model, cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.max_model_len,
+                             runner.block_size, runner.model_config.hidden_size, runner.dtype, runner.device,
+                             capture_graphs=False)
+    calls = []
+    run = mixed.run
+    mixed.run = lambda batch: calls.append((batch.num_tokens, mixed.bucket(batch.num_tokens))) or run(batch)
+    runner.mixed_runner = mixed
+    return calls
+
+
+def test_padded_mixed_steps_match_alone(make_engine, greedy_case, greedy_reference):
+    # Chunked prefills mixed with decodes, every step padded to a bucket (16-token steps up to 128,
+    # then quarter octaves): the padding sequence and rows never change a live sequence's tokens.
+    prompts, max_tokens = greedy_case
+    prompts, max_tokens, ref = prompts[:60], max_tokens[:60], greedy_reference[:60]
+    engine = make_engine(max_num_seqs=24, max_num_batched_tokens=200, num_kv_blocks=512)
+    calls = _attach_padded_runner(engine)
+    outs = run_all(engine, prompts, greedy_params(max_tokens))
+    assert [o.outputs[0].token_ids for o in outs] == ref
+    assert len(calls) > 10 and any(bucket > n for n, bucket in calls) and any(n > 128 for n, _ in calls)
+    assert engine.block_manager.num_free_blocks == 512

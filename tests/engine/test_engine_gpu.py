@@ -1,6 +1,6 @@
-"""The engine on a GPU: Triton attention and MoE under the scheduler, CUDA graphs for decode.
-In fp32 the graph replay, the eager GPU path and the CPU reference path must agree on greedy
-tokens."""
+"""The engine on a GPU: Triton attention and MoE under the scheduler, CUDA graphs for decode
+and for mixed steps. In fp32 the graph replays, the eager GPU path and the CPU reference path
+must agree on greedy tokens."""
 
 from __future__ import annotations
 
@@ -26,15 +26,26 @@ def test_cuda_graphs_match_eager_and_cpu(make_engine):
     results = {}
     for name, kw in {
         "graphs": dict(device="cuda", max_num_seqs=32),
+        "decode_graphs": dict(device="cuda", max_num_seqs=32, cudagraph_mode="full_decode_only"),
+        # decode batches of 9-32 replay the mixed-step graphs
+        "decode_graphs_to_8": dict(device="cuda", max_num_seqs=32, max_cudagraph_capture_size=8),
         "eager": dict(device="cuda", max_num_seqs=32, enforce_eager=True),
         "cpu": dict(device="cpu", max_num_seqs=32),
     }.items():
         engine = make_engine(dtype="float32", max_num_batched_tokens=256, num_kv_blocks=512, **kw)
-        if name == "graphs":
+        mixed_steps = []
+        if name != "cpu" and "enforce_eager" not in kw:
             assert engine.runner.graph_runner is not None and engine.runner.graph_runner.graphs
+            mixed = engine.runner.mixed_runner
+            assert bool(mixed is not None and mixed.graphs) == (name != "decode_graphs")
+            if mixed is not None:
+                run = mixed.run
+                mixed.run = lambda batch: mixed_steps.append(batch.num_tokens) or run(batch)
         results[name] = [o.outputs[0].token_ids for o in run_all(engine, prompts, params)]
         assert engine.block_manager.num_free_blocks == 512
-    assert results["graphs"] == results["eager"]
+        if name in ("graphs", "decode_graphs_to_8"):  # prefill chunks and mixed steps replayed graphs
+            assert len(mixed_steps) >= 3 and max(mixed_steps) > 100, mixed_steps
+    assert results["graphs"] == results["eager"] == results["decode_graphs"] == results["decode_graphs_to_8"]
     same = sum(a == b for a, b in zip(results["graphs"], results["cpu"]))
     assert same >= len(prompts) - 1, f"only {same}/{len(prompts)} prompts agree between GPU and CPU"
 

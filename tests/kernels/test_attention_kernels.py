@@ -78,3 +78,45 @@ def test_decode_splits_depend_on_shapes_only():
     few = at.choose_num_splits(1, 1, 256, 16, cpu)
     assert few > 1 and few == at.choose_num_splits(1, 1, 256, 16, cpu)
     assert at.choose_num_splits(1, 1, 1, 16, cpu) == 1  # a context of one block is never split
+
+
+def test_padding_of_a_mixed_step_graph(interpret):
+    """The layout engine.mixed_graphs replays: after the live sequences, one sequence holds the
+    padding tokens with an empty context and slot -1 (its rows come out zero, nothing is stored),
+    then sequences without tokens. The live rows are bit for bit the unpadded kernel's."""
+    import dataclasses
+
+    from tenk.kernels.attention import AttentionMetadata
+
+    case = make_attention_case(MIXED, 4, 2, 16, dtype=torch.float32, seed=5)
+    base = check_attention(case, block_m=16, block_n=16)
+    assert base["cache_equal"] and base["rel_err"] < 1e-5
+    t, pad, m = case.q.shape[0], 11, case.meta
+    tokens = t + pad
+    q = torch.cat([case.q, torch.randn(pad, *case.q.shape[1:])])
+    k = torch.cat([case.k, torch.randn(pad, *case.k.shape[1:])])
+    v = torch.cat([case.v, torch.randn(pad, *case.v.shape[1:])])
+    b = m.seq_lens.shape[0]
+    extra = 3  # the padding sequence and two without tokens
+    padded = AttentionMetadata(
+        cu_seqlens_q=torch.cat([m.cu_seqlens_q, torch.full((extra,), tokens, dtype=torch.int32)]),
+        seq_lens=torch.cat([m.seq_lens, torch.zeros(extra, dtype=torch.int32)]),
+        slot_mapping=torch.cat([m.slot_mapping, torch.full((pad,), -1, dtype=m.slot_mapping.dtype)]),
+        block_tables=torch.cat([m.block_tables, m.block_tables[:1].expand(extra, -1)]),
+        max_seqlen_q=tokens, max_seqlen_k=m.max_seqlen_k,
+        cu_seqlens_q_cpu=m.cu_seqlens_q_cpu + [tokens] * extra, seq_lens_cpu=m.seq_lens_cpu + [0] * extra,
+    )
+    assert padded.seq_lens.shape[0] == b + extra
+    outs = {}
+    for name, c in {"live": case, "padded": dataclasses.replace(case, q=q, k=k, v=v, meta=padded)}.items():
+        kc, vc = case.k_cache.clone(), case.v_cache.clone()
+        at.store_kvcache_triton(c.k, c.v, kc, vc, c.meta.slot_mapping)
+        out = torch.full_like(c.q, float("nan"))
+        at.paged_attention_triton(c.q, c.k, c.v, kc, vc, c.meta, c.scale, out=out, block_m=16, block_n=16)
+        outs[name] = (out, kc, vc)
+    (live, kc0, vc0), (out, kc1, vc1) = outs["live"], outs["padded"]
+    assert torch.equal(out[:t], live) and torch.equal(out[t:], torch.zeros_like(out[t:]))
+    same = lambda a, b: torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    assert same(kc0, kc1) and same(vc0, vc1)  # the padding stored nothing
+    ref = at.paged_attention_ref(q, k, v, kc1, vc1, padded, case.scale)
+    assert torch.equal(ref[t:], torch.zeros_like(ref[t:]))  # the reference agrees on the padding rows

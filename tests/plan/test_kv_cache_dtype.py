@@ -118,12 +118,10 @@ print("RESULT " + json.dumps({"kv_tokens": engine.get_stats().kv_capacity_tokens
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_engine_fp8_kv_capacity_matches_plan(tmp_path):
     """The engine with CUDA graphs captured over an fp8 cache; the plan's KV figure within 3%."""
-    import gc
-
-    gc.collect()
-    torch.cuda.empty_cache()  # the probe sizes its cache from free memory: earlier GPU tests must not hold any
-    if torch.cuda.memory_reserved() > (1 << 30):
-        pytest.skip("earlier tests in this process still hold GPU memory: run tests/plan/test_kv_cache_dtype.py alone")
+    # The probe sizes its cache from free memory: this process's CUDA context (~0.7 GiB) and any
+    # tensors earlier GPU tests left would shrink it below what the plan computes for an idle GPU.
+    if torch.cuda.is_initialized():
+        pytest.skip("earlier tests in this process hold GPU memory: run tests/plan/test_kv_cache_dtype.py alone")
     model = write_model_dir(tmp_path / "minimax-m2", "minimax-m2", num_layers=6)
     args = dict(model=model, len=32768)
     out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True,

@@ -83,3 +83,20 @@ def test_profile_shapes_follow_the_engine():
     big = memory.activation_peak_bytes(mc, max_num_batched_tokens=32768, max_model_len=8192, max_num_seqs=256)
     tp4 = memory.activation_peak_bytes(mc, max_num_batched_tokens=32768, max_model_len=8192, max_num_seqs=256, tp=4)
     assert 1 << 30 < small < big and tp4 < big
+
+
+def test_graph_pool_beyond_the_activation_reservation():
+    """Decode graphs alone: their pool comes out of the headroom. With the mixed-step graphs the
+    pool is a forward of the whole token budget, inside the activation reservation, but held
+    while a step's logits and sample need their share of it."""
+    mc = ModelConfig.from_hf(get_preset("qwen3-30b-a3b"))
+    kw = dict(max_num_seqs=256, max_model_len=4096, block_size=16)
+    act = memory.activation_peak_bytes(mc, max_num_batched_tokens=8192, max_model_len=4096, max_num_seqs=256)
+    decode = memory.cuda_graph_pool_bytes(mc, **kw)
+    assert decode > memory.forward_peak_bytes(mc, 256, 1, 2)
+    full = memory.cuda_graph_pool_bytes(mc, **kw, max_num_batched_tokens=8192, activation=act)
+    forward = int(memory.forward_peak_bytes(mc, 8192, 1, 2) * memory._FORWARD_SLACK)
+    logits = memory.logits_peak_bytes(mc, 0, 256, 1, 2)
+    assert 0 < forward + logits - act < full < forward + logits - act + (64 << 20)  # static inputs: a few MiB
+    static_only = memory.cuda_graph_pool_bytes(mc, **kw, max_num_batched_tokens=8192, activation=10 * act)
+    assert 0 < static_only < (64 << 20)

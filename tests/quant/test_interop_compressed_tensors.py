@@ -22,7 +22,6 @@ from tenk.quant.convert import adapt_tensors, to_compressed_tensors  # noqa: E40
 from tenk.quant.dequantize import dequantized_weights  # noqa: E402
 from tenk.quant.export import export_compressed_tensors  # noqa: E402
 from tenk.quant.formats import COMPRESSED_TENSORS, detect_quant_config, parse_quant_config  # noqa: E402
-from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4  # noqa: E402
 from tenk.quant.quantize import QuantizeOptions, quantize_checkpoint  # noqa: E402
 from tenk.quant.safetensors_io import TensorReader, checkpoint_tensors  # noqa: E402
 

@@ -51,7 +51,10 @@ def serve(
         None, "--ray-address", help="Ray cluster to join (HOST:PORT, ray://...; default: RAY_ADDRESS or local)."),
     enforce_eager: bool = typer.Option(False, "--enforce-eager", help="No CUDA graphs."),
     max_cudagraph_capture_size: int = typer.Option(
-        512, "--max-cudagraph-capture-size", help="Largest decode batch run as a CUDA graph (larger ones run eagerly)."),
+        512, "--max-cudagraph-capture-size", help="Largest decode batch run as a decode CUDA graph."),
+    cudagraph_mode: str = typer.Option(
+        "full", "--cudagraph-mode", help="full: prefill, mixed and larger decode steps replay graphs per token "
+        "bucket too; full_decode_only: those run eagerly."),
     enable_prefix_caching: bool = typer.Option(
         True, "--enable-prefix-caching/--no-enable-prefix-caching", help="Reuse KV blocks of shared prompt prefixes."),
     block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
@@ -82,7 +85,8 @@ def serve(
         block_size=block_size, kv_cache_dtype=kv_cache_dtype, gpu_memory_utilization=gpu_memory_utilization,
         num_kv_blocks=num_kv_blocks,
         enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
-        max_cudagraph_capture_size=max_cudagraph_capture_size, tensor_parallel_size=tensor_parallel_size, enable_expert_parallel=enable_expert_parallel, seed=seed,
+        max_cudagraph_capture_size=max_cudagraph_capture_size, cudagraph_mode=cudagraph_mode,
+        tensor_parallel_size=tensor_parallel_size, enable_expert_parallel=enable_expert_parallel, seed=seed,
     )  # fmt: skip
     args = ServerArgs(
         model=model, host=host, port=port, served_model_name=served_model_name or None, api_key=api_key,

@@ -26,6 +26,7 @@ _DTYPES = {
     "half": torch.float16,
 }
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+CUDAGRAPH_MODES = ("full", "full_decode_only")
 
 
 @dataclass(slots=True)
@@ -46,7 +47,10 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"  # auto: the model's dtype; fp8 | fp8_e4m3: e4m3, 1 byte per element
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs
-    max_cudagraph_capture_size: int = 512  # decode batches up to this run as CUDA graphs, larger ones eagerly
+    max_cudagraph_capture_size: int = 512  # decode batches up to this run as decode CUDA graphs
+    # full: every other step (prefill chunks, mixed, larger decode batches) replays a graph per token
+    # bucket too (engine.mixed_graphs); full_decode_only: those run eagerly
+    cudagraph_mode: str = "full"
     async_scheduling: bool = True  # schedule step N+1 while step N runs; False: one step at a time
     tensor_parallel_size: int = 1  # ranks (GPUs; processes on CPU): rank r on cuda:device_index + r
     enable_expert_parallel: bool = False  # TP > 1: split the experts across ranks instead of each expert's FFN
@@ -71,6 +75,8 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.cudagraph_mode not in CUDAGRAPH_MODES:
+            raise ConfigError(f"cudagraph_mode must be one of {', '.join(CUDAGRAPH_MODES)}, got {self.cudagraph_mode!r}")
         if self.block_size % 8 and self.block_size not in (1, 2, 4):
             raise ConfigError(f"block_size must be a power of two or a multiple of 8, got {self.block_size}")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -65,7 +65,9 @@ class CudaGraphRunner:
         )
 
     @torch.inference_mode()
-    def capture(self) -> None:
+    def capture(self, pool=None) -> None:
+        """Capture every batch size into `pool` (the mixed-step graphs', when there are any)."""
+        self.pool = pool
         for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
             meta = self._meta(bs)
             self.outputs[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], meta)  # warm-up

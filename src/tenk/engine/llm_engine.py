@@ -36,7 +36,7 @@ from tenk.engine.model_runner import StepHandle
 from tenk.engine.outputs import CompletionOutput, EngineStats, RequestOutput
 from tenk.engine.sampling_params import SamplingParams
 from tenk.engine.scheduler import Scheduler, SchedulerOutput
-from tenk.engine.sequence import PENDING, Request, Sequence
+from tenk.engine.sequence import PENDING, Request
 from tenk.engine.tp_workers import start_runner
 from tenk.errors import ConfigError
 

@@ -2,8 +2,9 @@
 
 Startup: load the weights, run one profiling forward at the full token budget to learn the
 activation peak, give what is left (times gpu_memory_utilization) to KV blocks, bind each
-layer's cache views, and capture decode CUDA graphs. A step: pack the scheduled sequences into
-one flat batch, run the model (a graph replay for decode-only steps), take the last hidden row
+layer's cache views, and capture CUDA graphs (decode steps by batch size, other steps by token
+bucket). A step: pack the scheduled sequences into one flat batch, run the model (a graph
+replay unless the engine runs eagerly), take the last hidden row
 of every sequence that samples, compute its logits and sample. `launch` queues all of that on
 the device and returns; `fetch` waits for the samples, so the engine can do its host work for
 one step while the device runs the next.
@@ -24,6 +25,7 @@ import torch
 from tenk.engine.batch import HostBatch, pack_batch, upload_batch
 from tenk.engine.config import EngineConfig
 from tenk.engine.cuda_graphs import CudaGraphRunner
+from tenk.engine.mixed_graphs import MixedGraphRunner
 from tenk.engine.kv_cache import allocate_kv_cache, kv_cache_num_blocks
 from tenk.engine.sampler import SampleTensors, Sampler, SamplerOutput, SamplingBatch
 from tenk.engine.sequence import Sequence
@@ -73,6 +75,7 @@ class ModelRunner:
         self.num_blocks = 0  # set by size_kv_cache
         self.kv_cache: torch.Tensor | None = None
         self.graph_runner: CudaGraphRunner | None = None
+        self.mixed_runner: MixedGraphRunner | None = None
         self._prev_tokens: torch.Tensor | None = None  # last launch's sampled tokens, on the device
         self._prev_rows: dict[int, int] = {}  # seq_id -> row in _prev_tokens
 
@@ -90,12 +93,14 @@ class ModelRunner:
             self.workers.close()
 
     def release_graphs(self) -> None:
-        """Drop the captured decode graphs. Each graph that captured an NCCL collective holds a
+        """Drop the captured graphs. Each graph that captured an NCCL collective holds a
         reference on the communicator, and destroying the process group waits for it."""
-        if self.graph_runner is None:
+        if self.graph_runner is None and self.mixed_runner is None:
             return
-        self.graph_runner.graphs.clear()
-        self.graph_runner = None
+        for runner in (self.graph_runner, self.mixed_runner):
+            if runner is not None:
+                runner.graphs.clear()
+        self.graph_runner = self.mixed_runner = None
         import gc
 
         gc.collect()
@@ -193,11 +198,20 @@ class ModelRunner:
         if self.device.type == "cuda":
             self.warm_up_moe_buckets()
         if self.device.type == "cuda" and not self.config.enforce_eager:
+            cfg, hidden = self.config, self.model_config.hidden_size
+            pool = None
+            if cfg.cudagraph_mode == "full":
+                self.mixed_runner = MixedGraphRunner(
+                    self.model, cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.max_model_len, self.block_size,
+                    hidden, self.dtype, self.device,
+                )
+                self.mixed_runner.capture()
+                pool = self.mixed_runner.pool
             self.graph_runner = CudaGraphRunner(
-                self.model, self.config.max_num_seqs, self.config.max_model_len, self.block_size,
-                self.model_config.hidden_size, self.dtype, self.device, self.config.max_cudagraph_capture_size,
+                self.model, cfg.max_num_seqs, cfg.max_model_len, self.block_size, hidden, self.dtype, self.device,
+                cfg.max_cudagraph_capture_size,
             )
-            self.graph_runner.capture()
+            self.graph_runner.capture(pool)
 
     # ------------------------------------------------------------------ one step
 
@@ -244,6 +258,8 @@ class ModelRunner:
             batch.input_ids = torch.where(batch.pending_src >= 0, prev, batch.input_ids)
         if self.graph_runner is not None and self.graph_runner.can_run(batch):
             hidden = self.graph_runner.run(batch)
+        elif self.mixed_runner is not None and self.mixed_runner.can_run(batch):
+            hidden = self.mixed_runner.run(batch)
         else:
             hidden = self.model(batch.input_ids, batch.positions, batch.meta)
         if not host.sample_rows:

@@ -43,7 +43,6 @@ class SamplingBatch:
         cls, seqs: list[Sequence], vocab_size: int, eos_ids: tuple[int, ...], device: torch.device
     ) -> "SamplingBatch":
         params = [s.params for s in seqs]
-        n = len(seqs)
 
         def col(values, dtype=torch.float32) -> torch.Tensor:
             return _upload(torch.tensor(values, dtype=dtype), device)

@@ -11,7 +11,8 @@ Two attention kernels:
   `_decode_reduce_kernel`.
 - `_prefill_kernel` (mixed batches): rows of a tile are (query position, head-in-group) pairs of one
   sequence and one kv head; programs map to sequences by a binary search over cu_seqlens_q, so the
-  grid depends only on T and B (vLLM's unified-attention trick).
+  grid depends only on T and B (vLLM's unified-attention trick). A sequence with q_len > 0 and an
+  empty context (seq_len 0) gets zero rows, as in the reference.
 Both run an online softmax in fp32 (exp2 with log2(e) folded into the scale) and read K/V pages
 through the block table. No host syncs: everything the host needs is a shape or meta.max_seqlen_q.
 
@@ -335,7 +336,9 @@ def _prefill_kernel(
         m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
                                      IEEE, False)
 
-    o = acc / l_i[:, None] * v_scale
+    # a sequence with an empty context (the padding of a mixed-step CUDA graph) has no key to
+    # attend: its rows are zeros, not 0 / 0
+    o = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0) * v_scale
     tl.store(out_ptr + (q_start + qi)[:, None] * s_ot + head[:, None] * s_oh + d[None, :],
              o.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
 

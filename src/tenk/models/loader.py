@@ -15,7 +15,7 @@ from torch import nn
 
 from tenk.errors import CheckpointError, ConfigError
 from tenk.models.config import ModelConfig
-from tenk.models.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
+from tenk.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
 from tenk.models.layers.moe import FusedMoE
 from tenk.models.registry import model_class
 from tenk.models.safetensors_io import iter_tensors

@@ -8,9 +8,10 @@ At start the engine (ModelRunner._size_kv_cache) measures
 
 and gives `total * gpu_memory_utilization - used` to KV blocks. The plan predicts the two
 terms: `total - free` is weights + RoPE tables + CUDA_CONTEXT_BYTES (+ NCCL_BYTES under TP),
-and the activation peak is `activation_peak_bytes` below. The CUDA-graph pool is captured
-after the KV cache is allocated, so it is not subtracted from the KV budget: it must fit in
-the `1 - gpu_memory_utilization` headroom, which the plan checks (`headroom_ok`).
+and the activation peak is `activation_peak_bytes` below. The CUDA graphs are captured after
+the KV cache is allocated, so they are not subtracted from the KV budget: what they take beyond
+the activation reservation (`cuda_graph_pool_bytes`) must fit in the `1 - gpu_memory_utilization`
+headroom, which the plan checks (`headroom_ok`).
 
 `activation_peak_bytes` is one formula of the shapes the engine's profiling step creates
 (engine.model_runner._profile_peak: a forward over min(max_num_batched_tokens,
@@ -98,15 +99,30 @@ def activation_peak_bytes(
 
 
 def cuda_graph_pool_bytes(
-    mc: ModelConfig, *, max_num_seqs: int, max_model_len: int, block_size: int, tp: int = 1, dtype_bytes: int = 2
+    mc: ModelConfig, *, max_num_seqs: int, max_model_len: int, block_size: int, tp: int = 1, dtype_bytes: int = 2,
+    max_num_batched_tokens: int | None = None, activation: int = 0,
 ) -> int:
-    """Decode CUDA graphs (engine.cuda_graphs): static inputs for max_num_seqs rows (ids,
-    positions, slots, lengths, a block table as wide as max_model_len, outputs) and one shared
-    pool holding the largest batch's forward."""
+    """What the CUDA graphs take beyond the activation reservation (`activation`, free memory once
+    the KV cache is allocated): static inputs and outputs, and one shared pool holding the largest
+    captured forward.
+
+    Decode graphs alone (engine.cuda_graphs; `max_num_batched_tokens` None): inputs for
+    max_num_seqs rows and a block table as wide as max_model_len; the pool holds the largest
+    batch's forward and comes out of the headroom. With the mixed-step graphs (engine.mixed_graphs)
+    the pool holds a forward of max_num_batched_tokens tokens, which the reservation was made for,
+    but it stays held while a step's logits and sample (also in the reservation) are computed."""
+    a, H = dtype_bytes, mc.hidden_size
     bs = max_num_seqs
     max_blocks = -(-max_model_len // block_size)
-    static = bs * (8 * 3 + 4 * 2) + bs * max_blocks * 4 + bs * mc.hidden_size * dtype_bytes
-    return static + forward_peak_bytes(mc, bs, tp, dtype_bytes)
+    static = bs * (8 * 3 + 4 * 2) + bs * max_blocks * 4 + bs * H * a
+    decode_pool = forward_peak_bytes(mc, bs, tp, a)
+    if max_num_batched_tokens is None:
+        return static + decode_pool
+    t = max_num_batched_tokens
+    b = min(max_num_seqs, t) + 1
+    static += t * (8 * 3 + H * a) + b * (4 * 2) + b * max_blocks * 4
+    pool = max(decode_pool, int(forward_peak_bytes(mc, t, tp, a) * _FORWARD_SLACK))
+    return static + max(0, pool + logits_peak_bytes(mc, 0, min(max_num_seqs, t), tp, a) - activation)
 
 
 def non_tensor_bytes(tp: int) -> int:

@@ -194,7 +194,8 @@ def _size_rank(source: ModelSource, cfg: PlanConfig, lp: LayoutPlan, max_model_l
         capacity=cfg.gpu.memory_bytes, utilization=cfg.gpu_memory_utilization, weights=lp.weights.total,
         rope_tables=rope, context=context, activation=activation,
         graph_pool=cuda_graph_pool_bytes(
-            mc, max_num_seqs=cfg.max_num_seqs, max_model_len=max_model_len, block_size=cfg.block_size, tp=tp, dtype_bytes=a
+            mc, max_num_seqs=cfg.max_num_seqs, max_model_len=max_model_len, block_size=cfg.block_size, tp=tp,
+            dtype_bytes=a, max_num_batched_tokens=mnbt, activation=activation,
         ),
         kv_block_bytes=kv_block_bytes(mc, cfg.block_size, kv_dtype, tp), kv_blocks=blocks,
     )

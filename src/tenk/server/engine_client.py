@@ -25,8 +25,6 @@ from tenk.server import wire
 from tenk.server.load_balancer import LeastLoaded
 from tenk.server.metrics import ServerMetrics
 from tenk.server.replica import (
-    EngineProcess,
-    EngineStartError,
     Replica,
     ReplicaLauncher,
 )
