@@ -32,9 +32,16 @@ def test_mixed_batch_gqa(interpret, dtype):
     _run(MIXED, hq=4, hkv=2, d=16, dtype=dtype, seed=1, block_m=16, block_n=16)
 
 
-def test_mixed_batch_group_of_six_default_tiles(interpret):
-    """A group of 6 query heads per kv head (MiniMax-M2's 48/8): tile rows straddle positions."""
-    _run(MIXED, hq=12, hkv=2, d=16, dtype=torch.float32, seed=2)
+@pytest.mark.parametrize("mixed_decodes", [True, False], ids=["decode_kernel_too", "prefill_kernel_only"])
+def test_mixed_batch_group_of_six_default_tiles(interpret, mixed_decodes):
+    """A group of 6 query heads per kv head (MiniMax-M2's 48/8): tile rows straddle positions.
+    The one-query sequences go to the decode kernel too (the default) or not."""
+    _run(MIXED, hq=12, hkv=2, d=16, dtype=torch.float32, seed=2, mixed_decodes=mixed_decodes)
+
+
+def test_mixed_batch_decodes_split_over_the_context(interpret):
+    """A mixed batch whose one-query sequences take the decode kernel in 3 context splits."""
+    _run(MIXED + [(90, 1)], hq=4, hkv=2, d=16, dtype=torch.float32, seed=4, num_kv_splits=3, block_m=16)
 
 
 def test_prefill_no_gqa_block_32(interpret):

@@ -13,6 +13,9 @@ Two attention kernels:
   sequence and one kv head; programs map to sequences by a binary search over cu_seqlens_q, so the
   grid depends only on T and B (vLLM's unified-attention trick). A sequence with q_len > 0 and an
   empty context (seq_len 0) gets zero rows, as in the reference.
+In a mixed batch both run: the decode kernel on the sequences with one query (and a context),
+whose G rows would otherwise fill a prefill tile of up to 128 rows, the prefill kernel's tiles on
+the others (each kernel's programs for the other kind exit at once, so a CUDA graph holds both).
 Both run an online softmax in fp32 (exp2 with log2(e) folded into the scale) and read K/V pages
 through the block table. No host syncs: everything the host needs is a shape or meta.max_seqlen_q.
 
@@ -155,9 +158,9 @@ def _decode_kernel(
     split = tl.program_id(2)
     q_start = tl.load(cu_q_ptr + seq)
     q_len = tl.load(cu_q_ptr + seq + 1) - q_start
-    if q_len == 0:
-        return
     ctx = tl.load(seq_lens_ptr + seq)
+    if (q_len != 1) | (ctx == 0):  # no query, or not one this kernel takes in a mixed batch
+        return
 
     g = tl.arange(0, G_PAD)
     d = tl.arange(0, D_PAD)
@@ -198,7 +201,7 @@ def _decode_kernel(
 
 @triton.jit
 def _decode_reduce_kernel(
-    out_ptr, part_acc_ptr, part_ml_ptr, cu_q_ptr, v_scale,
+    out_ptr, part_acc_ptr, part_ml_ptr, cu_q_ptr, seq_lens_ptr, v_scale,
     s_ot, s_oh,
     HQ: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr,
@@ -207,7 +210,7 @@ def _decode_reduce_kernel(
     seq = tl.program_id(0)
     h = tl.program_id(1)
     q_start = tl.load(cu_q_ptr + seq)
-    if tl.load(cu_q_ptr + seq + 1) == q_start:
+    if (tl.load(cu_q_ptr + seq + 1) - q_start != 1) | (tl.load(seq_lens_ptr + seq) == 0):
         return
     s = tl.arange(0, S_PAD)
     d = tl.arange(0, D_PAD)
@@ -263,7 +266,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
     )
     if num_splits > 1:
         _decode_reduce_kernel[(bsz, hq)](
-            out, part_acc, part_ml, meta.cu_seqlens_q, v_scale,
+            out, part_acc, part_ml, meta.cu_seqlens_q, meta.seq_lens, v_scale,
             out.stride(0), out.stride(1),
             HQ=hq, D=d, D_PAD=d_pad, NUM_SPLITS=num_splits, S_PAD=next_pow2(num_splits), PDL=pdl,
             num_warps=1 if d_pad * num_splits <= 1024 else 4, launch_pdl=pdl,
@@ -297,6 +300,7 @@ def _prefill_kernel(
     s_kb, s_ks, s_kh, s_bt,
     G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    SKIP_DECODES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -309,6 +313,9 @@ def _prefill_kernel(
     if r0 >= n_rows:
         return
     ctx = tl.load(seq_lens_ptr + seq)
+    if SKIP_DECODES:
+        if (q_len == 1) & (ctx > 0):  # _decode_kernel's
+            return
     prefix = ctx - q_len  # cached positions before this step's queries
 
     r = r0 + tl.arange(0, BLOCK_M)  # row = (query position, head in group)
@@ -343,7 +350,7 @@ def _prefill_kernel(
              o.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
 
 
-def _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n):
+def _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n, skip_decodes=False):
     T, hq, d = q.shape
     _, page, hkv, _ = k_cache.shape
     bsz = meta.seq_lens.shape[0]
@@ -361,7 +368,7 @@ def _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         G=group, D=d, D_PAD=next_pow2(d),
-        PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32,
+        PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, SKIP_DECODES=skip_decodes,
         num_warps=8 if block_m >= 128 else 4, num_stages=2 if d > 128 else 3,
     )
 
@@ -383,9 +390,12 @@ def paged_attention_triton(
     num_kv_splits: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    mixed_decodes: bool = True,
 ) -> torch.Tensor:
     """Same contract as `paged_attention_ref`: this step's k/v are already in the cache (k, v unused).
-    Decode-only batches (every q_len <= 1) take the grouped decode kernel, others the prefill kernel."""
+    Decode-only batches (every q_len <= 1) take the grouped decode kernel. In other batches its
+    one-query sequences go to the decode kernel too (their G rows would fill a prefill tile of
+    block_m rows), the rest to the prefill kernel; `mixed_decodes=False`: all to the prefill kernel."""
     _check_cache(k_cache, v_cache)
     T, hq, d = q.shape
     hkv = k_cache.shape[2]
@@ -403,6 +413,10 @@ def paged_attention_triton(
     v_scale = scale_value(v_scale)
     if meta.decode_only or meta.max_seqlen_q <= 1:
         _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, block_n)
+    elif mixed_decodes:
+        # the decode kernel takes the one-query sequences, the prefill kernel's tiles the rest
+        _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, None)
+        _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n, skip_decodes=True)
     else:
         _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n)
     return out
