@@ -285,21 +285,57 @@ def test_expert_tiles_round_trip_and_refuse_misfits():
         ng.tile_experts(wq[..., :48], sq[..., :3], 32)  # 48 columns: no whole 32-column chunks
 
 
-@pytest.mark.parametrize("rows,cols", [(16, 16), (32, 32), (32, 64), (64, 32)])
-def test_moe_expert_tiles_bit_for_bit(interpret, rows, cols):
+# Launch configs the tiled experts run (block_n, K step in int16 columns, path) and which of them
+# each tile shape runs: every path on two tile shapes, and across the pairs K steps narrower than,
+# equal to and wider than a chunk, tiles taller than, as tall as and shorter than block_n.
+_TILE_CFGS = {
+    "fused": _moe_cfg(bn=32, bkq=16), "split_k": _moe_cfg(bn=32, bkq=32, split13=2, split2=2),
+    "direct": _moe_cfg(bn=64, bkq=64, direct=True), "fused_bn16": _moe_cfg(bn=16, bkq=16),
+    "dequant": _moe_cfg(impl="dequant"),
+}
+_TILE_RUNS = {(16, 16): ("fused_bn16", "split_k", "dequant"), (32, 32): ("fused", "direct"),
+              (32, 64): ("direct", "fused_bn16"), (64, 32): ("split_k", "fused", "dequant")}
+
+
+@pytest.fixture(scope="module")
+def _row_layout_runs():
+    """The row layout's output per config, run once for every tile shape's comparison."""
+    x, w, tw, ids = _moe_case(tokens=11, hidden=256, inter=128, experts=6, top_k=3, drop=0.2, seed=7)
+    return (x, w, tw, ids), {}
+
+
+@pytest.mark.parametrize("rows,cols", list(_TILE_RUNS))
+def test_moe_expert_tiles_bit_for_bit(interpret, _row_layout_runs, rows, cols):
     """Tiled experts give the row layout's results exactly, through every path (fused, split-K,
     direct, dequant), with K steps narrower, equal to and wider than a chunk, and with tiles taller
     and shorter than block_n; the reference reads them too."""
-    x, w, tw, ids = _moe_case(tokens=11, hidden=256, inter=128, experts=6, top_k=3, drop=0.2, seed=7)
+    (x, w, tw, ids), wants = _row_layout_runs
     w13, w2 = ng.pack_for_kernel(w[0], w[1]), ng.pack_for_kernel(w[3], w[4])
     t13, t2 = ng.tile_experts(*w13, cols, rows), ng.tile_experts(*w2, min(cols, 32), rows)
     ref = nm.nvfp4_fused_moe_ref(x, *w, tw, ids)
     assert torch.equal(nm.nvfp4_fused_moe_ref(x, *t13, w[2], *t2, w[5], tw, ids), ref)
-    for cfg in (_moe_cfg(bn=32, bkq=16), _moe_cfg(bn=32, bkq=32, split13=2, split2=2),
-                _moe_cfg(bn=64, bkq=64, direct=True), _moe_cfg(bn=16, bkq=16), _moe_cfg(impl="dequant")):
-        want = nm.nvfp4_fused_moe(x, *w13, w[2], *w2, w[5], tw, ids, config=cfg)
+    for name in _TILE_RUNS[(rows, cols)]:
+        cfg = _TILE_CFGS[name]
+        if name not in wants:
+            wants[name] = nm.nvfp4_fused_moe(x, *w13, w[2], *w2, w[5], tw, ids, config=cfg)
         got = nm.nvfp4_fused_moe(x, *t13, w[2], *t2, w[5], tw, ids, config=cfg)
-        assert torch.equal(got, want) and rel_err(got, ref) < 1e-6
+        assert torch.equal(got, wants[name]) and rel_err(got, ref) < 1e-6
+
+
+def test_tile_runs_cover_every_path_and_relation():
+    """The pairs above keep what the full cross product covered (see _TILE_CFGS)."""
+    seen = {"path": {}, "k": set(), "rows": set()}
+    for (rows, cols), names in _TILE_RUNS.items():
+        for name in names:
+            seen["path"][name] = seen["path"].get(name, 0) + 1
+            cfg = _TILE_CFGS[name]
+            if cfg.impl == "dequant":
+                continue
+            for gemm, tile_cols in ((cfg.w13, cols), (cfg.w2, min(cols, 32))):
+                seen["k"].add((gemm.block_kq > tile_cols) - (gemm.block_kq < tile_cols))
+                seen["rows"].add((rows > gemm.block_n) - (rows < gemm.block_n))
+    assert seen["path"] == dict.fromkeys(_TILE_CFGS, 2)
+    assert seen["k"] == {-1, 0, 1} and seen["rows"] == {-1, 0, 1}
 
 
 def test_tile_moe_experts_cuts_chunks_as_wide_as_decode_steps(monkeypatch):
