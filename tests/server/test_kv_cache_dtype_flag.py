@@ -45,3 +45,10 @@ def test_serve_with_fp8_kv_cache(tiny_model_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_bogus_cudagraph_mode_is_one_line(tmp_path):
+    res = CliRunner().invoke(app, ["serve", str(tmp_path), "--device", "cpu", "--cudagraph-mode", "piecewise"])
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == ["error: --cudagraph-mode must be one of full, full_decode_only, got 'piecewise'"], res.output

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from tenk.engine.kv_cache import kv_cache_torch_dtype
+from tenk.engine.graph_modes import check_cudagraph_mode
 from tenk.engine.kv_cache_dtype import check_kv_cache_dtype
 from tenk.errors import ConfigError
 from tenk.models.config import ModelConfig
@@ -26,7 +27,6 @@ _DTYPES = {
     "half": torch.float16,
 }
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
-CUDAGRAPH_MODES = ("full", "full_decode_only")
 
 
 @dataclass(slots=True)
@@ -75,8 +75,7 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.cudagraph_mode not in CUDAGRAPH_MODES:
-            raise ConfigError(f"cudagraph_mode must be one of {', '.join(CUDAGRAPH_MODES)}, got {self.cudagraph_mode!r}")
+        self.cudagraph_mode = check_cudagraph_mode(self.cudagraph_mode)
         if self.block_size % 8 and self.block_size not in (1, 2, 4):
             raise ConfigError(f"block_size must be a power of two or a multiple of 8, got {self.block_size}")
         if not 0 < self.gpu_memory_utilization <= 1:

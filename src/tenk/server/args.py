@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tenk.engine.graph_modes import check_cudagraph_mode
 from tenk.engine.kv_cache_dtype import check_kv_cache_dtype
 from tenk.errors import ConfigError
 
@@ -69,6 +70,8 @@ class ServerArgs:
         # Checked here too, so a typo fails at once rather than after the engine processes start.
         if "kv_cache_dtype" in self.engine:
             check_kv_cache_dtype(self.engine["kv_cache_dtype"], "--kv-cache-dtype")
+        if "cudagraph_mode" in self.engine:
+            check_cudagraph_mode(self.engine["cudagraph_mode"], "--cudagraph-mode")
 
     @property
     def model_names(self) -> list[str]:
