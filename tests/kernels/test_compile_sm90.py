@@ -64,11 +64,16 @@ def test_decode_split_compiles(sm90_compile):
 @pytest.mark.parametrize("seqs", [[(200, 200), (64, 1)], [(40, 4), (30, 1)]], ids=["long", "short"])
 @pytest.mark.parametrize("cache_dtype", [None, torch.float8_e4m3fn], ids=["bf16", "fp8"])
 def test_prefill_compiles(sm90_compile, seqs, cache_dtype):
-    _check(sm90_compile(attention_triton, _attention(seqs, 32, 4, 128, cache_dtype)), ["_store_kv_kernel", "_prefill_kernel"])
+    """A mixed batch: its one-query sequences take the decode kernel, the rest the prefill kernel."""
+    _check(sm90_compile(attention_triton, _attention(seqs, 32, 4, 128, cache_dtype, num_kv_splits=1)),
+           ["_store_kv_kernel", "_decode_kernel", "_prefill_kernel"])
 
 
 def test_prefill_head_dim_64_compiles(sm90_compile):
-    _check(sm90_compile(attention_triton, _attention([(200, 200)], 16, 16, 64)), ["_store_kv_kernel", "_prefill_kernel"])
+    _check(sm90_compile(attention_triton, _attention([(200, 200)], 16, 16, 64, num_kv_splits=1)),
+           ["_store_kv_kernel", "_decode_kernel", "_prefill_kernel"])
+    _check(sm90_compile(attention_triton, _attention([(200, 200)], 16, 16, 64, mixed_decodes=False)),
+           ["_store_kv_kernel", "_prefill_kernel"])
 
 
 @pytest.mark.parametrize("per_expert", [8, 32, 128, 512])
