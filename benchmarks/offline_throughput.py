@@ -25,15 +25,18 @@ def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]
     return torch.randint(10, vocab, (n, length), generator=g).tolist()
 
 
-def output_lens(n: int, args, hi: bool = False) -> list[int]:
-    """--output-len each, or with --range-ratio R uniform in [L(1-R), L(1+R)] (vLLM's random
-    dataset): requests then finish at different steps, so new prompts join running decodes."""
+def output_len_range(args) -> tuple[int, int]:
+    """--output-len, or with --range-ratio R [L(1-R), L(1+R)] (vLLM's random dataset)."""
     lo = max(1, round(args.output_len * (1 - args.range_ratio)))
-    top = max(lo, round(args.output_len * (1 + args.range_ratio)))
-    if hi:
-        return [top] * n
+    return lo, max(lo, round(args.output_len * (1 + args.range_ratio)))
+
+
+def output_lens(n: int, args) -> list[int]:
+    """Uniform in output_len_range: requests then finish at different steps, so new prompts join
+    running decodes."""
+    lo, hi = output_len_range(args)
     g = torch.Generator().manual_seed(1)
-    return torch.randint(lo, top + 1, (n,), generator=g).tolist()
+    return torch.randint(lo, hi + 1, (n,), generator=g).tolist()
 
 
 def run_tenk(model_dir: Path, prompts, args) -> dict:
@@ -42,7 +45,7 @@ def run_tenk(model_dir: Path, prompts, args) -> dict:
     t0 = time.perf_counter()
     llm = LLM(
         str(model_dir), load_format="dummy", dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-        max_model_len=args.input_len + max(output_lens(1, args, hi=True)) + 16, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.input_len + output_len_range(args)[1] + 16, gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager,
         cudagraph_mode=args.cudagraph_mode, enable_prefix_caching=False, quantization=args.quantization,
         tensor_parallel_size=args.tensor_parallel_size, kv_cache_dtype=args.kv_cache_dtype,

@@ -33,6 +33,22 @@ def graph_batch_sizes(max_num_seqs: int, max_capture: int = MAX_GRAPH_BATCH) -> 
     return sorted({min(s, top) for s in sizes})
 
 
+def capture_each(sizes, forward, graphs: dict, pool=None):
+    """graphs[size] = a CUDA graph of forward(size), for each size, largest first so the smaller
+    graphs reuse the pool the largest sized; each runs once eagerly first (its kernels compile
+    outside the capture). Returns the pool (a new one if `pool` is None)."""
+    for size in sorted(sizes, reverse=True):
+        forward(size)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool):
+            forward(size)
+        if pool is None:
+            pool = graph.pool()
+        graphs[size] = graph
+    torch.cuda.synchronize()
+    return pool
+
+
 class CudaGraphRunner:
     def __init__(self, model, max_num_seqs: int, max_model_len: int, block_size: int, hidden_size: int,
                  dtype: torch.dtype, device: torch.device, max_capture: int = MAX_GRAPH_BATCH):
@@ -67,17 +83,11 @@ class CudaGraphRunner:
     @torch.inference_mode()
     def capture(self, pool=None) -> None:
         """Capture every batch size into `pool` (the mixed-step graphs', when there are any)."""
-        self.pool = pool
-        for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
-            meta = self._meta(bs)
-            self.outputs[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], meta)  # warm-up
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, self.pool):
-                self.outputs[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], meta)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[bs] = graph
-        torch.cuda.synchronize()
+
+        def forward(bs: int) -> None:
+            self.outputs[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs))
+
+        self.pool = capture_each(self.sizes, forward, self.graphs, pool)
         logger.info("captured CUDA graphs for decode batch sizes %s", self.sizes)
 
     def can_run(self, batch: StepBatch) -> bool:

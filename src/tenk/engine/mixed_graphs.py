@@ -28,6 +28,7 @@ import time
 import torch
 
 from tenk.engine.batch import StepBatch
+from tenk.engine.cuda_graphs import capture_each
 from tenk.kernels.attention import AttentionMetadata
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,7 @@ class MixedGraphRunner:
         self.block_tables = torch.zeros(max_b, max_blocks, dtype=torch.int32, device=device)
         self.outputs = torch.zeros(max_t, hidden_size, dtype=dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.capture_seconds: dict[int, tuple[float, float]] = {}  # tokens -> (warm-up, capture)
         self.pool = None
-        self._host_lists: tuple[list[int], list[int]] | None = None
 
     def num_seqs(self, tokens: int) -> int:
         """Sequences a bucket's graph is captured for: the most a step of that many tokens can
@@ -76,9 +75,9 @@ class MixedGraphRunner:
     def bucket(self, num_tokens: int) -> int:
         return next(s for s in self.sizes if s >= num_tokens)
 
-    def _meta(self, tokens: int) -> AttentionMetadata:
+    def _meta(self, tokens: int, host_lists: tuple[list[int], list[int]] | None = None) -> AttentionMetadata:
         b = self.num_seqs(tokens)
-        cu, lens = self._host_lists if self._host_lists is not None else ([0] * (b + 1), [0] * b)
+        cu, lens = host_lists or ([0] * (b + 1), [0] * b)
         return AttentionMetadata(
             cu_seqlens_q=self.cu_seqlens_q[: b + 1],
             seq_lens=self.seq_lens[:b],
@@ -91,27 +90,15 @@ class MixedGraphRunner:
             decode_only=False,
         )
 
-    def _forward(self, tokens: int) -> None:
-        self.outputs[:tokens] = self.model(self.input_ids[:tokens], self.positions[:tokens], self._meta(tokens))
+    def _forward(self, tokens: int, host_lists: tuple[list[int], list[int]] | None = None) -> None:
+        meta = self._meta(tokens, host_lists)
+        self.outputs[:tokens] = self.model(self.input_ids[:tokens], self.positions[:tokens], meta)
 
     @torch.inference_mode()
     def capture(self, pool=None) -> None:
         """Capture every bucket, largest first, into `pool` (None: a new one, kept as self.pool)."""
-        self.pool = pool
         start = time.perf_counter()
-        for tokens in reversed(self.sizes):
-            t0 = time.perf_counter()
-            self._forward(tokens)  # warm-up: compiles this bucket's kernels outside the capture
-            torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, self.pool):
-                self._forward(tokens)
-            torch.cuda.synchronize()
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[tokens] = graph
-            self.capture_seconds[tokens] = (t1 - t0, time.perf_counter() - t1)
+        self.pool = capture_each(self.sizes, self._forward, self.graphs, pool)
         logger.info("captured CUDA graphs for mixed steps of %s tokens in %.1f s", self.sizes,
                     time.perf_counter() - start)
 
@@ -140,10 +127,6 @@ class MixedGraphRunner:
         if self.capture_graphs:
             self.graphs[tokens].replay()
         else:
-            cu = meta.cu_seqlens_q_cpu + [tokens] * (num_seqs - b)
-            self._host_lists = (cu, meta.seq_lens_cpu + [0] * (num_seqs - b))
-            try:
-                self._forward(tokens)
-            finally:
-                self._host_lists = None
+            pad = num_seqs - b
+            self._forward(tokens, (meta.cu_seqlens_q_cpu + [tokens] * pad, meta.seq_lens_cpu + [0] * pad))
         return self.outputs[:n]

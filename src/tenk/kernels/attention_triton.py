@@ -415,7 +415,7 @@ def paged_attention_triton(
         _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, block_n)
     elif mixed_decodes:
         # the decode kernel takes the one-query sequences, the prefill kernel's tiles the rest
-        _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, None)
+        _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, block_n)
         _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n, skip_decodes=True)
     else:
         _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n)
