@@ -56,6 +56,21 @@ def test_decode_fp8_asm_variant_compiles(sm90_compile, monkeypatch, hq, hkv):
     assert decode and all("prmt.b32" in r["ptx"] for r in decode)  # the asm sequence, not Triton's cast
 
 
+@pytest.mark.parametrize("seqs,capped", [(2, False), (8, True)])
+def test_decode_fp8_register_cap(sm90_compile, monkeypatch, seqs, capped):
+    """Past 3 programs an SM (4 SMs stand in on CPU) the fp8 decode launches capped at 128 registers,
+    without spilling."""
+    from tenk.kernels import fp8_gemm
+
+    monkeypatch.setattr(fp8_gemm, "COMPILE_GPU_VARIANT", True)
+    results = sm90_compile(attention_triton, _attention([(400, 1)] * seqs, 32, 4, 128, torch.float8_e4m3fn,
+                                                        num_kv_splits=1))
+    _check(results, ["_store_kv_kernel", "_decode_kernel"])
+    decode = next(r for r in results if r["name"] == "_decode_kernel")
+    assert decode["options"].get("maxnreg") == (attention_triton.FP8_DECODE_MAXNREG if capped else None)
+    assert decode["regs"] <= 128 if capped else decode["regs"] > 128
+
+
 def test_decode_split_compiles(sm90_compile):
     _check(sm90_compile(attention_triton, _attention([(3000, 1)], 32, 4, 128, num_kv_splits=8)),
            ["_store_kv_kernel", "_decode_kernel", "_decode_reduce_kernel"])

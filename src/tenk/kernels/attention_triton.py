@@ -236,6 +236,25 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_blocks: int, block_s
     return int(max(1, min(16, -(-2 * sms // programs), max_tiles)))
 
 
+# The fp8 decode program holds ~160 registers, so 3 CTAs share an SM; capped at 128 (no spills at
+# 64-key tiles) 4 do, each a little slower. The cap pays where it saves a wave of (sequence, kv
+# head) programs. On an H100, 400-token contexts: Qwen3-30B-A3B heads 1.09x at 128 sequences (512
+# programs: 1 wave instead of 2), 1.10x-1.16x at 256-1,024; MiniMax-M2 heads 1.27x at 64 sequences,
+# 1.08x-1.15x at 128-1,024; 2,048-token contexts 1.09x-1.34x. Where it saves none: 0.92x-0.97x
+# (Qwen3 heads at 192 sequences, MiniMax-M2 at 96). bf16 caches gain nothing
+# (benchmarks/results/attn_decode_regcap_h100.json).
+FP8_DECODE_MAXNREG = 128
+_CTAS_PER_SM = (3, 4)  # the fp8 decode program uncapped, capped
+
+
+def decode_launch_options(num_programs: int, fp8_asm: bool, block_n: int, device) -> dict:
+    """Extra launch options of the decode kernel: the register cap where it saves a wave (above)."""
+    if not fp8_asm or block_n > 64:
+        return {}
+    uncapped, capped = (-(-num_programs // (n * num_sms(device))) for n in _CTAS_PER_SM)
+    return {"maxnreg": FP8_DECODE_MAXNREG} if capped < uncapped else {}
+
+
 def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block_n):
     T, hq, d = q.shape
     _, page, hkv, _ = k_cache.shape
@@ -253,6 +272,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
     else:
         part_acc = part_ml = out  # unused
     pdl = use_pdl(q.device)
+    kv_asm = FP8_KV_ASM and is_fp8(k_cache.dtype) and fp8_gemm.use_asm(q)
     _decode_kernel[(bsz, hkv, num_splits)](
         q, k_cache, v_cache, out, part_acc, part_ml,
         meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
@@ -261,8 +281,8 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=group, G_PAD=max(16, next_pow2(group)), D=d, D_PAD=d_pad,
         PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, IEEE=ieee,
-        KV_ASM=FP8_KV_ASM and is_fp8(k_cache.dtype) and fp8_gemm.use_asm(q), PDL=pdl,
-        num_warps=4, num_stages=3, launch_pdl=pdl,
+        KV_ASM=kv_asm, PDL=pdl, num_warps=4, num_stages=3, launch_pdl=pdl,
+        **decode_launch_options(bsz * hkv * num_splits, kv_asm, block_n, q.device),
     )
     if num_splits > 1:
         _decode_reduce_kernel[(bsz, hq)](
