@@ -41,6 +41,25 @@ def test_greedy_is_argmax():
     assert out.token_ids == logits.argmax(-1).tolist() and out.logprobs is None
 
 
+def test_bf16_logits_sample_as_their_fp32_upcast():
+    """The engine hands the sampler logits in the weights' dtype: a plain greedy batch takes the
+    argmax of the bf16 values (ties: the first index, as over fp32), every other batch works on the
+    exact fp32 upcast."""
+    logits = torch.randn(64, V).to(torch.bfloat16)
+    logits[:, 5] = logits[:, 2] = logits.float().amax(-1).to(torch.bfloat16) + 1  # a tie in every row
+    greedy = [SamplingParams(temperature=0.0)] * 64
+    out, _ = sample(logits, greedy)
+    assert out.token_ids == logits.float().argmax(-1).tolist() == [2] * 64
+    for params, outputs in [([SamplingParams(temperature=0.0, logprobs=1)] * 64, None),
+                            ([SamplingParams(temperature=0.0, repetition_penalty=1.3)] * 64, [[2]] * 64),
+                            ([SamplingParams(temperature=0.0, min_tokens=5)] * 64, None)]:
+        torch.manual_seed(0)
+        low, _ = sample(logits, params, outputs=outputs)
+        torch.manual_seed(0)
+        high, _ = sample(logits.float(), params, outputs=outputs)
+        assert low == high
+
+
 def test_temperature_sampling_follows_softmax():
     n = 4000
     logits = base_logits(n)

@@ -265,7 +265,8 @@ class ModelRunner:
         if not host.sample_rows:
             self._prev_tokens = None
             return None
-        logits = self.model.compute_logits(hidden[batch.logits_indices])  # all ranks: vocab all-gather
+        # all ranks: vocab all-gather; the sampler upcasts where it needs fp32
+        logits = self.model.compute_logits(hidden[batch.logits_indices], upcast=False)
         if self.rank > 0 and self.share_tokens:
             tokens = torch.empty(len(host.sample_rows), dtype=torch.int64, device=self.device)
             self._prev_tokens = tp_broadcast(tokens, src=0)

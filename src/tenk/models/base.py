@@ -90,7 +90,7 @@ class DecoderModel(nn.Module):
 
 class CausalLM(nn.Module):
     """`forward(input_ids [T], positions [T], meta) -> hidden [T, H]`;
-    `compute_logits(hidden [N, H]) -> [N, V] fp32`."""
+    `compute_logits(hidden [N, H]) -> [N, V] fp32` (upcast=False: in the weights' dtype)."""
 
     CHECKPOINT_RULES: tuple[Rule, ...] = ()
 
@@ -106,8 +106,8 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         return self.model(input_ids, positions, meta)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+    def compute_logits(self, hidden: torch.Tensor, upcast: bool = True) -> torch.Tensor:
+        return self.lm_head.compute_logits(hidden, upcast)
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn.attn for layer in self.model.layers]

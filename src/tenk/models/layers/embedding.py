@@ -42,8 +42,11 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight).float()
+    def compute_logits(self, hidden: torch.Tensor, upcast: bool = True) -> torch.Tensor:
+        """[N, V] logits, fp32 unless upcast=False (then the weights' dtype: the engine's sampler
+        upcasts only the rows' work that needs it, and a greedy argmax needs none)."""
+        logits = F.linear(hidden, self.weight)
         if self.tp_size > 1:
             logits = tp_all_gather(logits, dim=-1)
-        return logits[..., : self.vocab_size]
+        logits = logits[..., : self.vocab_size]
+        return logits.float() if upcast else logits
