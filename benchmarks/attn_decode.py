@@ -1,0 +1,156 @@
+"""Decode attention on the GPU at serving shapes: launch configs, and the fp8 register cap.
+
+    python benchmarks/attn_decode.py regcap [--out DIR]   # the shipped cap rule against never / always
+    python benchmarks/attn_decode.py sweep [--out DIR]    # launch configs against the shipped one
+
+regcap: the production launcher (attention_triton.paged_attention_triton) with its register-cap
+rule (`auto`), the cap never (`off`) and always (`on`), Qwen3-30B-A3B (32/4) and MiniMax-M2
+(48/8) heads, fp8 KV, 32-1,024 sequences of 400 tokens and 64-256 of 2,048; do_bench (L2 flushed)
+medians of 3 alternated rounds; outputs compared bit for bit. Writes attn_decode_regcap_<gpu>.json.
+
+sweep: the decode kernel launched directly over block_n 32-128, 2-8 warps, 2-4 stages and register
+caps 96 / 128, Qwen3-30B-A3B heads, fp8 and bf16 KV, one do_bench each (the query's own key is
+not stored first, so bf16 outputs hold NaN: speed only). Writes attn_decode_launch_sweep_<gpu>.json.
+Budget: about 2 minutes each on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from tenk.kernels import attention_triton as at  # noqa: E402
+from tenk.kernels._common import is_fp8, use_pdl  # noqa: E402
+from tenk.kernels.testing import make_attention_case  # noqa: E402
+
+
+def _gpu_tag() -> str:
+    name = torch.cuda.get_device_name()
+    return "h200" if "H200" in name else "h100" if "H100" in name else name.split()[-1].lower()
+
+
+def regcap() -> dict:
+    import triton
+
+    shipped = at.decode_launch_options
+    modes = {"auto": shipped, "off": lambda *a: {}, "on": lambda *a: {"maxnreg": at.FP8_DECODE_MAXNREG}}
+    rows = []
+    cases = [(hq, hkv, b, ctx) for hq, hkv in [(32, 4), (48, 8)] for b, ctx in
+             [(32, 400), (64, 400), (96, 400), (128, 400), (192, 400), (256, 400), (512, 400), (1024, 400),
+              (64, 2048), (128, 2048), (256, 2048)]]
+    for hq, hkv, b, ctx in cases:
+        case = make_attention_case([(ctx, 1)] * b, hq, hkv, 128, dtype=torch.bfloat16,
+                                   cache_dtype=torch.float8_e4m3fn, device="cuda", kv_scale=0.05, seed=0)
+        kc, vc = case.k_cache.clone(), case.v_cache.clone()
+        at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
+        out = torch.empty_like(case.q)
+
+        def call():
+            at.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale, k_scale=case.k_scale,
+                                      v_scale=case.v_scale, out=out)
+
+        times, outs = {m: [] for m in modes}, {}
+        for _ in range(3):
+            for m, fn in modes.items():
+                at.decode_launch_options = fn
+                call()
+                torch.cuda.synchronize()
+                outs[m] = out.clone()
+                times[m].append(triton.testing.do_bench(call, warmup=10, rep=50))
+        at.decode_launch_options = shipped
+        same = all(torch.equal(outs[m], outs["off"]) for m in modes)
+        med = {m: statistics.median(v) for m, v in times.items()}
+        kv_bytes = b * ctx * hkv * 128 * 2
+        capped = bool(shipped(b * hkv, True, 64, case.q.device))
+        print(f"heads {hq}/{hkv} b={b:5d} ctx={ctx:5d} capped={capped!s:5s} off {med['off']*1e3:7.1f}us "
+              f"on {med['on']*1e3:7.1f} auto {med['auto']*1e3:7.1f} auto/off {med['off']/med['auto']:.3f}x "
+              f"{kv_bytes/med['auto']/1e9:.2f}TB/s same={same}", flush=True)
+        rows.append({"q_heads": hq, "kv_heads": hkv, "batch": b, "context": ctx, "kv_bytes": kv_bytes,
+                     "auto_capped": capped, "ms": times, "median_ms": med,
+                     "speedup_auto_vs_off": med["off"] / med["auto"], "speedup_on_vs_off": med["off"] / med["on"],
+                     "outputs_identical": same})
+    return {"rows": rows}
+
+
+def _launch(case, out, hq, hkv, block_n, warps, stages, maxnreg):
+    q, kc, vc, meta = case.q, case.k_cache, case.v_cache, case.meta
+    qk_scale = case.scale * case.k_scale * at.LOG2E
+    pdl = use_pdl(q.device)
+    kw = {"maxnreg": maxnreg} if maxnreg else {}
+    at._decode_kernel[(meta.seq_lens.shape[0], hkv, 1)](
+        q, kc, vc, out, out, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
+        qk_scale, case.v_scale,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        kc.stride(0), kc.stride(1), kc.stride(2), meta.block_tables.stride(0),
+        HQ=hq, G=hq // hkv, G_PAD=16, D=128, D_PAD=128, PAGE=kc.shape[1], BLOCK_N=block_n, NUM_SPLITS=1,
+        IEEE=False, KV_ASM=is_fp8(kc.dtype), PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl, **kw)
+
+
+def sweep() -> dict:
+    import triton
+
+    hq, hkv = 32, 4
+    variants = [(bn, w, s, r) for bn in (32, 64, 128) for (w, s, r) in
+                [(4, 3, 0), (4, 4, 0), (4, 2, 0), (4, 3, 128), (4, 3, 96), (2, 3, 0), (8, 3, 0)]]
+    rows = []
+    for cache in (torch.float8_e4m3fn, torch.bfloat16):
+        for bsz, ctx in [(64, 400), (256, 400), (512, 400), (1024, 400), (64, 2048), (256, 2048)]:
+            if cache == torch.bfloat16 and (bsz, ctx) == (256, 2048):
+                continue
+            case = make_attention_case([(ctx, 1)] * bsz, hq, hkv, 128, dtype=torch.bfloat16, cache_dtype=cache,
+                                       device="cuda", kv_scale=0.05 if cache != torch.bfloat16 else 1.0, seed=0)
+            kv_bytes = bsz * ctx * hkv * 128 * 2 * case.k_cache.element_size()
+            ref = torch.empty_like(case.q)
+            _launch(case, ref, hq, hkv, 64, 4, 3, 0)
+            res = []
+            for v in variants:
+                out = torch.empty_like(case.q)
+                try:
+                    _launch(case, out, hq, hkv, *v)
+                    torch.cuda.synchronize()
+                except Exception as e:  # a config that does not compile
+                    res.append({"v": v, "error": str(e)[:120]})
+                    continue
+                err = (out.float() - ref.float()).abs().max().item()
+                ms = triton.testing.do_bench(lambda: _launch(case, out, hq, hkv, *v), warmup=10, rep=50)
+                res.append({"v": v, "ms": ms, "err": err, "tbps": kv_bytes / ms / 1e9})
+            ok = sorted([r for r in res if "ms" in r], key=lambda r: r["ms"])
+            ship = next(r for r in res if tuple(r["v"]) == (64, 4, 3, 0))
+            print(f"{str(cache)[6:]:14s} b={bsz:5d} ctx={ctx:5d} shipped {ship['ms']*1e3:7.1f}us "
+                  f"{ship['tbps']:.2f}TB/s | " + " ".join(f"{r['v']}:{r['ms']*1e3:.1f}" for r in ok[:4]), flush=True)
+            rows.append({"cache": str(cache), "batch": bsz, "ctx": ctx, "kv_bytes": kv_bytes, "results": res})
+    return {"rows": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["regcap", "sweep"])
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("attn_decode.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+
+    t0 = time.time()
+    result = regcap() if args.what == "regcap" else sweep()
+    name = "attn_decode_regcap" if args.what == "regcap" else "attn_decode_launch_sweep"
+    path = Path(args.out) / f"{name}_{_gpu_tag()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": name, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                "triton": triton.__version__, **result, "seconds": time.time() - t0}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
