@@ -5,7 +5,7 @@ the launchers run on CPU tensors with the kernels replaced by recorders, so noth
 import pytest
 import torch
 
-from tenk.kernels import activation, attention_triton, moe, rmsnorm, rotary
+from tenk.kernels import activation, attention_triton, moe, qk_norm_rope, rmsnorm, rotary
 from tenk.kernels.testing import make_attention_case
 from tests.kernels.conftest import assert_waits_first
 
@@ -131,6 +131,14 @@ def test_small_ops_compile(sm90_compile):
            ["_rotary_kernel"])
     _check(sm90_compile(activation, lambda: activation.silu_and_mul_triton(torch.randn(64, 1536).bfloat16())),
            ["_silu_and_mul_kernel"])
+    qkv = torch.randn(64, 40 * 128).bfloat16()  # Qwen3-30B-A3B's q (32 heads) and k (4) as views of qkv
+    q32, k4 = qkv[:, : 32 * 128].view(64, 32, 128), qkv[:, 32 * 128 : 36 * 128].view(64, 4, 128)
+    ones = torch.ones(128).bfloat16()
+    _check(sm90_compile(qk_norm_rope, lambda: (
+        qk_norm_rope.qk_norm_rope_triton(q32, k4, ones, ones, 1e-6, pos, rotary.rope_cos_sin_cache(128, 128, 1e6)),
+        qk_norm_rope.qk_norm_rope_triton(q[:, :16], k[:, :2], ones, ones, 1e-6, pos,
+                                         rotary.rope_cos_sin_cache(128, 128, 1e6)))),
+           ["_qk_norm_rope_kernel"])
 
 
 @pytest.mark.parametrize("splits", [1, 4])
@@ -138,19 +146,22 @@ def test_decode_layer_kernels_wait_first_under_pdl(sm90_compile, monkeypatch, sp
     """Under programmatic dependent launch the attention half of a decode layer (QK-norm, RoPE, KV
     store, decode and its split reduce) runs as a chain of overlapping launches: each kernel waits
     for its predecessor before touching global memory."""
-    modules = [rmsnorm, rotary, attention_triton]
+    modules = [rmsnorm, rotary, qk_norm_rope, attention_triton]
     for m in modules:
         monkeypatch.setattr(m, "use_pdl", lambda device: True)
     heads = torch.randn(8, 40, 128).bfloat16()[:, :32]
     q, k = torch.randn(3, 32, 128).bfloat16(), torch.randn(3, 4, 128).bfloat16()
+    ones = torch.ones(128).bfloat16()
 
     def layer():
-        rmsnorm.rms_norm_triton(heads, torch.ones(128).bfloat16(), 1e-6)
-        rotary.apply_rotary_triton(q, k, torch.arange(3), rotary.rope_cos_sin_cache(128, 128, 1e6), 128)
+        rmsnorm.rms_norm_triton(heads, ones, 1e-6)  # MiniMax-M2's partial rotary: the two-step path
+        rotary.apply_rotary_triton(q, k, torch.arange(3), rotary.rope_cos_sin_cache(64, 128, 1e6), 64)
+        qk_norm_rope.qk_norm_rope_triton(q, k, ones, ones, 1e-6, torch.arange(3),
+                                         rotary.rope_cos_sin_cache(128, 128, 1e6))  # Qwen3's fused one
         _attention([(3000, 1), (17, 1), (600, 1)], 32, 4, 128, num_kv_splits=splits)()
 
     results = sm90_compile(modules, layer)
-    expected = ["_rms_norm_kernel", "_rotary_kernel", "_store_kv_kernel", "_decode_kernel"]
+    expected = ["_rms_norm_kernel", "_rotary_kernel", "_qk_norm_rope_kernel", "_store_kv_kernel", "_decode_kernel"]
     _check(results, expected + (["_decode_reduce_kernel"] if splits > 1 else []))
     assert_waits_first(results)
 

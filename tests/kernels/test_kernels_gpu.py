@@ -4,7 +4,7 @@ Also: decode attention and fused MoE captured in a CUDA graph and replayed on ne
 import pytest
 import torch
 
-from tenk.kernels import activation, attention_triton as at, moe, rmsnorm, rotary
+from tenk.kernels import activation, attention_triton as at, moe, qk_norm_rope, rmsnorm, rotary
 from tenk.kernels.testing import check_attention, make_attention_case, make_moe_case, rel_err
 
 pytestmark = [
@@ -185,6 +185,25 @@ def test_rotary(hq, hkv, rot):
         err = (out[..., :rot].float() - exact[..., :rot]).abs()
         assert (err <= 2**-6 * (mag + exact[..., :rot].abs())).all()
         assert torch.equal(out[..., rot:], x[..., rot:])  # partial rotary: the rest passes through
+        assert rel_err(out, ref) < 4e-3
+
+
+def test_qk_norm_rope_matches_the_two_steps():
+    """Qwen3-30B-A3B's per-head QK-norm and rotation in one launch against the norm and rotary
+    kernels it replaces, on views of one qkv buffer: the same values but for rare roundings
+    (each kernel may contract a product and a sum differently), within bf16 of the reference."""
+    g = torch.Generator(device=DEV).manual_seed(14)
+    T, hq, hkv, d = 1000, 32, 4, 128
+    qkv = (torch.randn(T, (hq + 2 * hkv) * d, generator=g, device=DEV) * 4).bfloat16()
+    q, k = qkv[:, : hq * d].view(T, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(T, hkv, d)
+    wq, wk = (torch.randn(d, generator=g, device=DEV).bfloat16() for _ in range(2))
+    pos = torch.randint(0, 4096, (T,), generator=g, device=DEV)
+    cache = rotary.rope_cos_sin_cache(d, 4096, 1e6, device=DEV)
+    qo, ko = qk_norm_rope.qk_norm_rope(q, k, wq, wk, 1e-6, pos, cache)
+    q2, k2 = rotary.apply_rotary(rmsnorm.rms_norm(q, wq, 1e-6), rmsnorm.rms_norm(k, wk, 1e-6), pos, cache, d)
+    q_ref, k_ref = qk_norm_rope.qk_norm_rope_ref(q, k, wq, wk, 1e-6, pos, cache)
+    for out, two_step, ref in ((qo, q2, q_ref), (ko, k2, k_ref)):
+        assert (out != two_step).float().mean().item() < 0.01
         assert rel_err(out, ref) < 4e-3
 
 

@@ -1,4 +1,4 @@
-"""RMSNorm, rotary and SiLU-and-mul: references equal transformers' code bit for bit, and the Triton
+"""RMSNorm, rotary, the fused per-head QK-norm + rotary and SiLU-and-mul: references equal transformers' code bit for bit, and the Triton
 kernels match the references (Triton interpreter on CPU)."""
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 from tenk.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 from tenk.kernels.rmsnorm import fused_add_rms_norm_ref, fused_add_rms_norm_triton, rms_norm_ref, rms_norm_triton
+from tenk.kernels.qk_norm_rope import fusable, qk_norm_rope_ref, qk_norm_rope_triton
 from tenk.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rope_cos_sin_cache
 from tenk.kernels.testing import rel_err
 
@@ -113,6 +114,37 @@ def test_rotary_kernel(interpret, dtype, rot):
     assert torch.equal(q[..., rot:], before[:, : hq * d].view(T, hq, d)[..., rot:])  # pass-through dims
     assert torch.equal(qkv[:, (hq + hkv) * d :], before[:, (hq + hkv) * d :])  # v untouched
     assert not torch.equal(q[..., :rot], before[:, : hq * d].view(T, hq, d)[..., :rot])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w_dtype", ["same", torch.float32])
+def test_qk_norm_rope_kernel(interpret, dtype, w_dtype):
+    """The fused kernel against the two references it replaces (norm each head, then rotate it),
+    on strided q / k views of one qkv buffer; an fp32 weight promotes the outputs as the norm's did."""
+    T, hq, hkv, d = 5, 6, 2, 32
+    g = torch.Generator().manual_seed(7)
+    qkv = (torch.randn(T, (hq + 2 * hkv) * d, generator=g) * 3).to(dtype)
+    q = qkv[:, : hq * d].view(T, hq, d)
+    k = qkv[:, hq * d : (hq + hkv) * d].view(T, hkv, d)
+    wq, wk = (torch.randn(d, generator=g).to(dtype if w_dtype == "same" else w_dtype) for _ in range(2))
+    pos = torch.tensor([0, 3, 4, 100, 63])
+    cache = rope_cos_sin_cache(d, 128, 1e6)
+    before = qkv.clone()
+    qo, ko = qk_norm_rope_triton(q, k, wq, wk, 1e-6, pos, cache)
+    q_ref, k_ref = apply_rotary_ref(rms_norm_ref(q, wq, 1e-6), rms_norm_ref(k, wk, 1e-6), pos, cache, d)
+    out_dtype = torch.promote_types(dtype, wq.dtype)
+    _close(qo, q_ref, out_dtype)
+    _close(ko, k_ref, out_dtype)
+    assert all(torch.equal(a, b) for a, b in zip(qk_norm_rope_ref(q, k, wq, wk, 1e-6, pos, cache), (q_ref, k_ref)))
+    assert torch.equal(qkv, before)  # the inputs are read, not written
+    assert qo.is_contiguous() and qo.shape == q.shape and ko.shape == k.shape
+
+
+def test_qk_norm_rope_takes_whole_head_rotation_only():
+    assert fusable(128, 128) and not fusable(128, 64) and not fusable(96, 96)
+    q, k = torch.randn(2, 4, 128), torch.randn(2, 1, 128)
+    with pytest.raises(ValueError, match="rotary_dim == head_dim"):
+        qk_norm_rope_ref(q, k, torch.ones(128), torch.ones(128), 1e-6, torch.arange(2), rope_cos_sin_cache(64, 16, 1e4))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tenk.kernels import activation, qk_norm, rmsnorm, rotary, routing
+from tenk.kernels import activation, qk_norm, qk_norm_rope, rmsnorm, rotary, routing
 from tenk.kernels.attention import AttentionMetadata
 from tenk.kernels.interpret import triton_interpreter
 from tenk.models.config import ModelConfig
@@ -19,7 +19,7 @@ from .hf_tiny import save_tiny
 _TRITON_OPS = (
     (rmsnorm, "rms_norm_triton"), (rmsnorm, "fused_add_rms_norm_triton"),
     (rotary, "apply_rotary_triton"), (activation, "silu_and_mul_triton"), (routing, "topk_route_triton"),
-    (qk_norm, "full_width_qk_norm_triton"),
+    (qk_norm, "full_width_qk_norm_triton"), (qk_norm_rope, "qk_norm_rope_triton"),
 )
 
 
@@ -48,11 +48,11 @@ def _logits(model, lens):
         return model.compute_logits(model(ids, pos, AttentionMetadata.for_prefill_without_cache(lens, "cpu")))
 
 
-# qwen3_moe: per-head QK-norm, full RoPE, one dense layer (SiLU-and-mul); minimax_m2: full-width
+# qwen3_moe: per-head QK-norm and full RoPE (one fused launch a layer), one dense layer (SiLU-and-mul); minimax_m2: full-width
 # QK-norm (q and k in one call per layer), partial RoPE, MoE only (its experts take fused_moe's own path).
 @pytest.mark.parametrize("kind, ops", [
-    ("qwen3_moe", {"rms_norm_triton": 5, "fused_add_rms_norm_triton": 4, "apply_rotary_triton": 2, "silu_and_mul_triton": 1,
-                   "topk_route_triton": 1}),
+    ("qwen3_moe", {"rms_norm_triton": 1, "fused_add_rms_norm_triton": 4, "qk_norm_rope_triton": 2,
+                   "silu_and_mul_triton": 1, "topk_route_triton": 1}),
     ("minimax_m2", {"rms_norm_triton": 1, "fused_add_rms_norm_triton": 4, "apply_rotary_triton": 2,
                     "topk_route_triton": 2, "full_width_qk_norm_triton": 2}),
 ])

@@ -9,6 +9,7 @@ from torch import nn
 from tenk.errors import CheckpointError
 from tenk.kernels.attention import AttentionMetadata, paged_attention, store_kvcache
 from tenk.kernels.qk_norm import full_width_qk_norm
+from tenk.kernels.qk_norm_rope import fusable, qk_norm_rope
 from tenk.models.config import ModelConfig
 from tenk.models.layers.linear import QKVParallelLinear, RowParallelLinear
 from tenk.models.layers.norm import RMSNorm
@@ -73,6 +74,8 @@ class SelfAttention(nn.Module):
             self.q_norm = FullWidthRMSNorm(cfg.q_size, self.q_size, cfg.rms_norm_eps, params_dtype, rank)
             self.k_norm = FullWidthRMSNorm(cfg.kv_size, self.kv_size, cfg.rms_norm_eps, params_dtype, rank // reps, reps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rotary_dim, cfg.max_position_embeddings, cfg.rope_theta)
+        # per-head norm and whole-head rotation as one kernel (tenk.kernels.qk_norm_rope)
+        self.fused_norm_rope = cfg.qk_norm == "per_head" and fusable(cfg.head_dim, cfg.rotary_dim)
         self.attn = Attention(self.num_heads, self.num_kv_heads, cfg.head_dim, cfg.head_dim**-0.5)
 
     def forward(self, positions, hidden, meta):
@@ -86,8 +89,12 @@ class SelfAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm == "per_head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        if self.fused_norm_rope:
+            q, k = qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, positions,
+                                self.rotary.cos_sin_cache)
+        else:
+            if self.qk_norm == "per_head":
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
         out = self.attn(q, k, v, meta).reshape(-1, self.q_size)
         return tp_all_reduce(self.o_proj(out))
