@@ -7,7 +7,10 @@ machinery here serves the FP8 kernels' tables too (fp8.py, fp8_<gpu>.json).
 
 M is the number of tokens (rows of x) for both; a bucket is the largest listed M <= the real M.
 The shipped tables were written from the heuristics below without a GPU ("tuned": false in the
-file); benchmarks/tune_nvfp4.py measures candidates on the GPU and rewrites them.
+file); benchmarks/tune_nvfp4.py measures candidates on the GPU and rewrites them. An entry with an
+"ms" field was measured; one without is a guess, and a GPU of the same architecture's measured
+entry for that bucket goes before it (SAME_ARCHITECTURE: the H200 is the H100's chip with more and
+faster memory, and its table is still the heuristic guesses).
 """
 
 from __future__ import annotations
@@ -204,10 +207,24 @@ def load_table(tag: str | None, fmt: str = "nvfp4") -> dict:
     return {"dense": data.get("dense", {}), "moe": data.get("moe", {}), "tuned": data.get("tuned", False)}
 
 
+# GPUs with the same SMs, shared memory and registers, where launch configs carry over: a bucket
+# one has not measured takes another's measured config before its own guess.
+SAME_ARCHITECTURE = {"h200": ("h100",), "h100": ("h200",)}
+
+
 def table_entry(device, fmt: str, section: str, key: str, m: int) -> dict | None:
     """The `section` ("dense" / "moe") entry for shape `key` and m tokens in the table of `device`'s
-    GPU, or None (no table, shape or GPU: the caller's heuristics decide)."""
-    return pick_entry(load_table(gpu_tag(device), fmt)[section].get(key, {}), m)
+    GPU, or None (no table, shape or GPU: the caller's heuristics decide). An entry that is a guess
+    gives way to the same bucket's measured entry on a GPU of the same architecture."""
+    tag = gpu_tag(device)
+    entry = pick_entry(load_table(tag, fmt)[section].get(key, {}), m)
+    if entry is not None and "ms" in entry:
+        return entry
+    for other in SAME_ARCHITECTURE.get(tag, ()):
+        measured = pick_entry(load_table(other, fmt)[section].get(key, {}), m)
+        if measured is not None and "ms" in measured:
+            return measured
+    return entry
 
 
 def pick_entry(entries: dict, m: int):
