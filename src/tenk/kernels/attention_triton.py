@@ -238,11 +238,11 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_blocks: int, block_s
 
 # The fp8 decode program holds ~160 registers, so 3 CTAs share an SM; capped at 128 (no spills at
 # 64-key tiles) 4 do, each a little slower. The cap pays where it saves a wave of (sequence, kv
-# head) programs. On an H100, 400-token contexts: Qwen3-30B-A3B heads 1.09x at 128 sequences (512
+# head) programs. On an H100, 400-token contexts: Qwen3-30B-A3B heads 1.28x at 128 sequences (512
 # programs: 1 wave instead of 2), 1.10x-1.16x at 256-1,024; MiniMax-M2 heads 1.27x at 64 sequences,
-# 1.08x-1.15x at 128-1,024; 2,048-token contexts 1.09x-1.34x. Where it saves none: 0.92x-0.97x
-# (Qwen3 heads at 192 sequences, MiniMax-M2 at 96). bf16 caches gain nothing
-# (benchmarks/results/attn_decode_regcap_h100.json).
+# 1.08x-1.14x at 128-1,024; 2,048-token contexts 1.10x-1.34x. Where it saves none it would cost up
+# to 4% (0.96x: Qwen3 heads at 192 sequences, MiniMax-M2 at 96). bf16 caches gain nothing
+# (benchmarks/results/attn_decode_regcap_h100.json, attn_decode_launch_sweep_h100.json).
 FP8_DECODE_MAXNREG = 128
 _CTAS_PER_SM = (3, 4)  # the fp8 decode program uncapped, capped
 

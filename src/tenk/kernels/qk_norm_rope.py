@@ -48,9 +48,9 @@ def _norm_rotate(x_ptr, w_ptr, o_ptr, t, s_t, s_h, heads, cos, sin, eps,
     n2 = ((x2 * r).to(in_dtype).to(tl.float32) * w2).to(out_dtype).to(tl.float32)
     o1 = (n1 * cos).to(out_dtype).to(tl.float32) - (n2 * sin).to(out_dtype).to(tl.float32)
     o2 = (n2 * cos).to(out_dtype).to(tl.float32) + (n1 * sin).to(out_dtype).to(tl.float32)
-    q = o_ptr + t * heads * D + h[:, None] * D + c[None, :]
-    tl.store(q, o1.to(out_dtype), mask=m)
-    tl.store(q + HALF, o2.to(out_dtype), mask=m)
+    o = o_ptr + t * heads * D + h[:, None] * D + c[None, :]
+    tl.store(o, o1.to(out_dtype), mask=m)
+    tl.store(o + HALF, o2.to(out_dtype), mask=m)
 
 
 @triton.jit
