@@ -431,14 +431,11 @@ def paged_attention_triton(
         return out
     qk_scale = float(scale) * scale_value(k_scale) * LOG2E
     v_scale = scale_value(v_scale)
-    if meta.decode_only or meta.max_seqlen_q <= 1:
+    decode_only = meta.decode_only or meta.max_seqlen_q <= 1
+    if decode_only or mixed_decodes:  # in a mixed batch: its one-query sequences
         _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, block_n)
-    elif mixed_decodes:
-        # the decode kernel takes the one-query sequences, the prefill kernel's tiles the rest
-        _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_kv_splits, block_n)
-        _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n, skip_decodes=True)
-    else:
-        _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n)
+    if not decode_only:  # the prefill kernel's tiles take the rest (all, without mixed_decodes)
+        _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n, skip_decodes=mixed_decodes)
     return out
 
 
