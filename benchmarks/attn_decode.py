@@ -2,6 +2,7 @@
 
     python benchmarks/attn_decode.py regcap [--out DIR]   # the shipped cap rule against never / always
     python benchmarks/attn_decode.py sweep [--out DIR]    # launch configs against the shipped one
+    python benchmarks/attn_decode.py compare --against OLD/src [--name NAME]  # this tree's kernel vs another's
 
 regcap: the production launcher (attention_triton.paged_attention_triton) with its register-cap
 rule (`auto`), the cap never (`off`) and always (`on`), Qwen3-30B-A3B (32/4) and MiniMax-M2
@@ -11,12 +12,17 @@ medians of 3 alternated rounds; outputs compared bit for bit. Writes attn_decode
 sweep: the decode kernel launched directly over block_n 32-128, 2-8 warps, 2-4 stages and register
 caps 96 / 128, Qwen3-30B-A3B heads, fp8 and bf16 KV, one do_bench each (the query's own key is
 not stored first, so bf16 outputs hold NaN: speed only). Writes attn_decode_launch_sweep_<gpu>.json.
+compare: this tree's attention_triton against another source tree's (e.g. `git archive REV src`
+unpacked), both through their production launchers, fp8 KV at the regcap shapes, do_bench medians of
+3 alternated rounds, each output's max abs error against the fp32 reference (up to 256 x 2,048
+keys) and the two outputs' max abs difference. Writes <NAME>_<gpu>.json (default attn_decode_compare).
 Budget: about 2 minutes each on an H100.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -38,16 +44,18 @@ def _gpu_tag() -> str:
     return "h200" if "H200" in name else "h100" if "H100" in name else name.split()[-1].lower()
 
 
+_CASES = [(hq, hkv, b, ctx) for hq, hkv in [(32, 4), (48, 8)] for b, ctx in
+          [(32, 400), (64, 400), (96, 400), (128, 400), (192, 400), (256, 400), (512, 400), (1024, 400),
+           (64, 2048), (128, 2048), (256, 2048)]]  # Qwen3-30B-A3B and MiniMax-M2 heads, fp8 KV
+
+
 def regcap() -> dict:
     import triton
 
     shipped = at.decode_launch_options
     modes = {"auto": shipped, "off": lambda *a: {}, "on": lambda *a: {"maxnreg": at.FP8_DECODE_MAXNREG}}
     rows = []
-    cases = [(hq, hkv, b, ctx) for hq, hkv in [(32, 4), (48, 8)] for b, ctx in
-             [(32, 400), (64, 400), (96, 400), (128, 400), (192, 400), (256, 400), (512, 400), (1024, 400),
-              (64, 2048), (128, 2048), (256, 2048)]]
-    for hq, hkv, b, ctx in cases:
+    for hq, hkv, b, ctx in _CASES:
         case = make_attention_case([(ctx, 1)] * b, hq, hkv, 128, dtype=torch.bfloat16,
                                    cache_dtype=torch.float8_e4m3fn, device="cuda", kv_scale=0.05, seed=0)
         kc, vc = case.k_cache.clone(), case.v_cache.clone()
@@ -81,6 +89,56 @@ def regcap() -> dict:
     return {"rows": rows}
 
 
+def _load_other(src: str):
+    """attention_triton.py of another source tree, as its own module (its imports resolve to this tree)."""
+    path = Path(src) / "tenk" / "kernels" / "attention_triton.py"
+    spec = importlib.util.spec_from_file_location("tenk.kernels.attention_triton_against", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # a tenk.kernels module like the others (tenk's interpreter finds it there)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compare(against: str) -> dict:
+    import triton
+
+    mods = {"now": at, "against": _load_other(against)}
+    rows = []
+    for hq, hkv, b, ctx in _CASES:
+        case = make_attention_case([(ctx, 1)] * b, hq, hkv, 128, dtype=torch.bfloat16,
+                                   cache_dtype=torch.float8_e4m3fn, device="cuda", kv_scale=0.05, seed=0)
+        kc, vc = case.k_cache.clone(), case.v_cache.clone()
+        at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
+        ref = None
+        if b * ctx <= 256 * 2048:
+            ref = at.paged_attention_scaled_ref(case.q.float(), None, None, kc, vc, case.meta, case.scale,
+                                                k_scale=case.k_scale, v_scale=case.v_scale)
+        times, outs = {n: [] for n in mods}, {}
+        for _ in range(3):
+            for n, mod in mods.items():
+                out = torch.empty_like(case.q)
+
+                def call(mod=mod, out=out):
+                    mod.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale,
+                                               k_scale=case.k_scale, v_scale=case.v_scale, out=out)
+
+                call()
+                torch.cuda.synchronize()
+                outs[n] = out
+                times[n].append(triton.testing.do_bench(call, warmup=10, rep=50))
+        med = {n: statistics.median(v) for n, v in times.items()}
+        err = {n: None if ref is None else (o.float() - ref).abs().max().item() for n, o in outs.items()}
+        diff = (outs["now"].float() - outs["against"].float()).abs().max().item()
+        kv_bytes = b * ctx * hkv * 128 * 2
+        print(f"heads {hq}/{hkv} b={b:5d} ctx={ctx:5d} against {med['against']*1e3:7.1f}us now {med['now']*1e3:7.1f}us "
+              f"{med['against']/med['now']:.3f}x {kv_bytes/med['now']/1e9:.2f}TB/s err {err} diff {diff:.2e}",
+              flush=True)
+        rows.append({"q_heads": hq, "kv_heads": hkv, "batch": b, "context": ctx, "kv_bytes": kv_bytes, "ms": times,
+                     "median_ms": med, "speedup_now_vs_against": med["against"] / med["now"],
+                     "max_abs_err_vs_fp32_ref": err, "max_abs_diff_now_vs_against": diff})
+    return {"against": against, "rows": rows}
+
+
 def _launch(case, out, hq, hkv, block_n, warps, stages, maxnreg):
     q, kc, vc, meta = case.q, case.k_cache, case.v_cache, case.meta
     qk_scale = case.scale * case.k_scale * at.LOG2E
@@ -92,7 +150,7 @@ def _launch(case, out, hq, hkv, block_n, warps, stages, maxnreg):
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kc.stride(0), kc.stride(1), kc.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=hq // hkv, G_PAD=16, D=128, D_PAD=128, PAGE=kc.shape[1], BLOCK_N=block_n, NUM_SPLITS=1,
-        IEEE=False, KV_ASM=is_fp8(kc.dtype), PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl, **kw)
+        IEEE=False, KV_F16=is_fp8(kc.dtype), PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl, **kw)
 
 
 def sweep() -> dict:
@@ -133,7 +191,9 @@ def sweep() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["regcap", "sweep"])
+    parser.add_argument("what", choices=["regcap", "sweep", "compare"])
+    parser.add_argument("--against", help="compare: another tree's src folder")
+    parser.add_argument("--name", default="attn_decode_compare", help="compare: the result file's name")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -142,8 +202,13 @@ def main() -> int:
     import triton
 
     t0 = time.time()
-    result = regcap() if args.what == "regcap" else sweep()
-    name = "attn_decode_regcap" if args.what == "regcap" else "attn_decode_launch_sweep"
+    if args.what == "compare":
+        if not args.against:
+            parser.error("compare needs --against OLD/src")
+        result, name = compare(args.against), args.name
+    else:
+        result = regcap() if args.what == "regcap" else sweep()
+        name = "attn_decode_regcap" if args.what == "regcap" else "attn_decode_launch_sweep"
     path = Path(args.out) / f"{name}_{_gpu_tag()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -189,25 +189,25 @@ def attention():
                                                         case.scale, out=out, block_n=block_n))
         record_time(f"decode 32/4 B=512 ctx 256-768 block_n={block_n}", ms, "GB/s", _kv_bytes(case) / ms / 1e6)
 
-    # fp8 cache: E4M3 -> bf16 by inline asm (default) vs Triton's cast, and the token tile.
+    # fp8 cache: computed in fp16 (default) vs Triton's cast to bf16, and the token tile.
     case = make_attention_case([(m, 1) for m in lens(256, n(256, 10), n(768, 40))], *heads(32, 4), D, dtype=BF16,
                                device=DEV, seed=5, **fp8)
     at.store_kvcache_triton(case.k, case.v, case.k_cache, case.v_cache, case.meta.slot_mapping,
                             case.k_scale, case.v_scale)
     out = torch.empty_like(case.q)
-    default_asm = at.FP8_KV_ASM
+    default_f16 = at.FP8_KV_F16
     try:
-        for asm in (True, False):
-            at.FP8_KV_ASM = asm
+        for f16 in (True, False):
+            at.FP8_KV_F16 = f16
             for block_n in (64, 128):
                 call = lambda: at.paged_attention_triton(case.q, None, None, case.k_cache, case.v_cache, case.meta,
                                                          case.scale, k_scale=case.k_scale, v_scale=case.v_scale,
                                                          out=out, block_n=block_n)
                 ms = bench_ms(call)
-                record_time(f"decode 32/4 B=256 ctx 256-768 fp8 {'asm' if asm else 'cast'} block_n={block_n}", ms,
+                record_time(f"decode 32/4 B=256 ctx 256-768 fp8 {'f16' if f16 else 'bf16 cast'} block_n={block_n}", ms,
                             "GB/s", _kv_bytes(case) / ms / 1e6)
     finally:
-        at.FP8_KV_ASM = default_asm
+        at.FP8_KV_F16 = default_f16
 
     # Prefill: causal FLOPs, against torch SDPA (flash) on the same data, unpaged.
     hq, hkv = heads(32, 4)

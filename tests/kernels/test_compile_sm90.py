@@ -44,25 +44,22 @@ def test_decode_compiles(sm90_compile, hq, hkv, cache_dtype):
 
 
 @pytest.mark.parametrize("hq,hkv", [(32, 4), (24, 4)])
-def test_decode_fp8_asm_variant_compiles(sm90_compile, monkeypatch, hq, hkv):
-    """The GPU's fp8 decode converts K/V tiles with the inline-asm E4M3 -> bf16 sequence."""
-    from tenk.kernels import fp8_gemm
-
-    monkeypatch.setattr(fp8_gemm, "COMPILE_GPU_VARIANT", True)
+def test_decode_fp8_computes_in_fp16(sm90_compile, hq, hkv):
+    """The fp8 decode converts K/V tiles to fp16 two values an instruction and runs fp16 MMAs."""
     results = sm90_compile(attention_triton, _attention([(300, 1), (17, 1), (600, 1)], hq, hkv, 128,
                                                         torch.float8_e4m3fn, num_kv_splits=1))
     _check(results, ["_store_kv_kernel", "_decode_kernel"])
     decode = [r for r in results if r["name"] == "_decode_kernel"]
-    assert decode and all("prmt.b32" in r["ptx"] for r in decode)  # the asm sequence, not Triton's cast
+    for r in decode:
+        mmas = [line for line in r["ptx"].splitlines() if "mma.sync" in line]
+        assert "cvt.rn.f16x2.e4m3x2" in r["ptx"] and "prmt.b32" not in r["ptx"]
+        assert mmas and all(".f32.f16.f16.f32" in line for line in mmas), mmas[:2]
 
 
 @pytest.mark.parametrize("seqs,capped", [(2, False), (8, True)])
-def test_decode_fp8_register_cap(sm90_compile, monkeypatch, seqs, capped):
+def test_decode_fp8_register_cap(sm90_compile, seqs, capped):
     """Past 3 programs an SM (4 SMs stand in on CPU) the fp8 decode launches capped at 128 registers,
     without spilling."""
-    from tenk.kernels import fp8_gemm
-
-    monkeypatch.setattr(fp8_gemm, "COMPILE_GPU_VARIANT", True)
     results = sm90_compile(attention_triton, _attention([(400, 1)] * seqs, 32, 4, 128, torch.float8_e4m3fn,
                                                         num_kv_splits=1))
     _check(results, ["_store_kv_kernel", "_decode_kernel"])

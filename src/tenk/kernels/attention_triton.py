@@ -22,10 +22,15 @@ through the block table. No host syncs: everything the host needs is a shape or 
 fp8 (e4m3) KV cache: pass k_scale / v_scale (per tensor, Python floats). The store divides by the
 scale and saturates at +-448; attention folds k_scale into the softmax scale and v_scale into the
 output. The torch references for this are `store_kvcache_scaled_ref` / `paged_attention_scaled_ref`.
-With bf16 queries on the GPU the decode kernel converts fp8 K/V tiles with tenk.kernels.fp8_gemm's
-inline-asm E4M3 -> bf16 sequence (exact, 4 instructions per 2 values) instead of Triton's cast,
-which spends one conversion-pipe instruction per value: the fp8 decode moved 1.6 TB/s against
-2.6 TB/s for bf16 on an H100 (`FP8_KV_ASM` turns it off for comparison).
+The decode kernel computes an fp8 cache's tiles in fp16 (`FP8_KV_F16`): E4M3 -> fp16 is one exact
+conversion per two values (cvt.rn.f16x2.e4m3x2), where E4M3 -> bf16 takes either Triton's cast (that
+conversion, then one F2F per value on the conversion pipe) or an integer sequence of 4
+instructions per two values. q is cast to fp16 once per program, saturated at +-65,504 (bf16 can
+hold more; a query that large is no model's), and the probabilities P enter the second MMA in fp16,
+which holds [0, 1] more finely than bf16. On an H100 this cut the decode loop from 1,152 to 844
+sm_90 instructions a warp and K/V step and ran 1.04x-1.11x faster than the inline-asm bf16 path at
+serving shapes, no farther from the fp32 reference (benchmarks/results/attn_decode_f16_h100.json).
+The prefill kernel keeps q's dtype: its conversions are spread over 128-row query tiles.
 """
 
 from __future__ import annotations
@@ -35,14 +40,12 @@ import math
 import torch
 
 from tenk.kernels._common import FP8_E4M3_MAX, is_fp8, next_pow2, num_sms, scale_value, use_pdl
-from tenk.kernels import fp8_gemm
 from tenk.kernels._tiles import wait_prior_grid
 from tenk.kernels._triton import tl, triton
-from tenk.kernels.fp8_gemm import _convert
-
-FP8_KV_ASM = True  # decode: fp8 K/V tiles -> bf16 by inline asm (see the module docstring)
 from tenk.kernels.attention import AttentionMetadata, paged_attention_ref, store_kvcache_ref
 
+FP8_KV_F16 = True  # decode: an fp8 cache's tiles computed in fp16 (see the module docstring)
+FP16_MAX = tl.constexpr(65504.0) if tl else 65504.0  # q saturates here in the fp16 decode
 LOG2E = 1.4426950408889634
 
 
@@ -119,15 +122,16 @@ def store_kvcache_triton(
 
 @triton.jit
 def _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
-                 IEEE: tl.constexpr, KV_ASM: tl.constexpr):
+                 IEEE: tl.constexpr):
     """One K/V tile of the online softmax, shared by the decode and prefill kernels: the rows of q
     against the BLOCK_N keys at `row` (cache offsets; n_ok: keys that exist, visible: [rows,
-    BLOCK_N] what each row may see). Returns the updated (m_i, l_i, acc)."""
+    BLOCK_N] what each row may see). K/V and P take q's dtype for the MMAs (fp16 q: an fp8 cache
+    computed in fp16). Returns the updated (m_i, l_i, acc)."""
     kt = tl.load(kc_ptr + row[None, :] + d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
     if IEEE:
         s = tl.dot(q, kt.to(q.dtype), input_precision="ieee")
     else:
-        s = tl.dot(q, _convert(kt, q.dtype, KV_ASM))
+        s = tl.dot(q, kt.to(q.dtype))
     s = tl.where(visible, s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
@@ -137,7 +141,7 @@ def _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, 
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision="ieee")
     else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), _convert(vt, q.dtype, KV_ASM))
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), vt.to(q.dtype))
     return m_new, l_i, acc
 
 
@@ -150,7 +154,7 @@ def _decode_kernel(
     s_kb, s_ks, s_kh, s_bt,
     HQ: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr,
-    KV_ASM: tl.constexpr, PDL: tl.constexpr,
+    KV_F16: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_prior_grid(PDL)
     seq = tl.program_id(0)
@@ -169,6 +173,8 @@ def _decode_kernel(
     head = kvh * G + g
     q = tl.load(q_ptr + q_start * s_qt + head[:, None] * s_qh + d[None, :],
                 mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    if KV_F16:
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -FP16_MAX), FP16_MAX).to(tl.float16)
 
     n_tiles = tl.cdiv(ctx, BLOCK_N)
     per_split = tl.cdiv(n_tiles, NUM_SPLITS)
@@ -185,7 +191,7 @@ def _decode_kernel(
         page = tl.load(bt_ptr + seq * s_bt + n // PAGE, mask=n_ok, other=0).to(tl.int64)
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off  # [BLOCK_N]
         m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, n_ok[None, :], d, d_ok, m_i, l_i, acc, qk_scale,
-                                     IEEE, KV_ASM)
+                                     IEEE)
 
     if NUM_SPLITS == 1:
         o = acc / l_i[:, None] * v_scale
@@ -247,9 +253,9 @@ FP8_DECODE_MAXNREG = 128
 _CTAS_PER_SM = (3, 4)  # the fp8 decode program uncapped, capped
 
 
-def decode_launch_options(num_programs: int, fp8_asm: bool, block_n: int, device) -> dict:
+def decode_launch_options(num_programs: int, fp8_f16: bool, block_n: int, device) -> dict:
     """Extra launch options of the decode kernel: the register cap where it saves a wave (above)."""
-    if not fp8_asm or block_n > 64:
+    if not fp8_f16 or block_n > 64:
         return {}
     uncapped, capped = (-(-num_programs // (n * num_sms(device))) for n in _CTAS_PER_SM)
     return {"maxnreg": FP8_DECODE_MAXNREG} if capped < uncapped else {}
@@ -272,7 +278,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
     else:
         part_acc = part_ml = out  # unused
     pdl = use_pdl(q.device)
-    kv_asm = FP8_KV_ASM and is_fp8(k_cache.dtype) and fp8_gemm.use_asm(q)
+    kv_f16 = FP8_KV_F16 and is_fp8(k_cache.dtype) and not ieee
     _decode_kernel[(bsz, hkv, num_splits)](
         q, k_cache, v_cache, out, part_acc, part_ml,
         meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
@@ -281,8 +287,8 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=group, G_PAD=max(16, next_pow2(group)), D=d, D_PAD=d_pad,
         PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, IEEE=ieee,
-        KV_ASM=kv_asm, PDL=pdl, num_warps=4, num_stages=3, launch_pdl=pdl,
-        **decode_launch_options(bsz * hkv * num_splits, kv_asm, block_n, q.device),
+        KV_F16=kv_f16, PDL=pdl, num_warps=4, num_stages=3, launch_pdl=pdl,
+        **decode_launch_options(bsz * hkv * num_splits, kv_f16, block_n, q.device),
     )
     if num_splits > 1:
         _decode_reduce_kernel[(bsz, hq)](
@@ -361,7 +367,7 @@ def _prefill_kernel(
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off
         visible = (n[None, :] <= q_pos[:, None]) & n_ok[None, :]
         m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
-                                     IEEE, False)
+                                     IEEE)
 
     # a sequence with an empty context (the padding of a mixed-step CUDA graph) has no key to
     # attend: its rows are zeros, not 0 / 0
