@@ -1,20 +1,15 @@
-"""Decode attention on the GPU at serving shapes: launch configs, and the fp8 register cap.
+"""Decode attention on the GPU at serving shapes: launch configs, and one tree's kernel against another's.
 
-    python benchmarks/attn_decode.py regcap [--out DIR]   # the shipped cap rule against never / always
     python benchmarks/attn_decode.py sweep [--out DIR]    # launch configs against the shipped one
     python benchmarks/attn_decode.py compare --against OLD/src [--name NAME]  # this tree's kernel vs another's
-
-regcap: the production launcher (attention_triton.paged_attention_triton) with its register-cap
-rule (`auto`), the cap never (`off`) and always (`on`), Qwen3-30B-A3B (32/4) and MiniMax-M2
-(48/8) heads, fp8 KV, 32-1,024 sequences of 400 tokens and 64-256 of 2,048; do_bench (L2 flushed)
-medians of 3 alternated rounds; outputs compared bit for bit. Writes attn_decode_regcap_<gpu>.json.
 
 sweep: the decode kernel launched directly over block_n 32-128, 2-8 warps, 2-4 stages and register
 caps 96 / 128, Qwen3-30B-A3B heads, fp8 and bf16 KV, one do_bench each (the query's own key is
 not stored first, so bf16 outputs hold NaN: speed only). Writes attn_decode_launch_sweep_<gpu>.json.
 compare: this tree's attention_triton against another source tree's (e.g. `git archive REV src`
-unpacked), both through their production launchers, fp8 KV at the regcap shapes, do_bench medians of
-3 alternated rounds, each output's max abs error against the fp32 reference (up to 256 x 2,048
+unpacked), both through their production launchers, fp8 KV, Qwen3-30B-A3B (32/4) and MiniMax-M2
+(48/8) heads, 32-1,024 sequences of 400 tokens and 64-256 of 2,048, do_bench medians of
+--rounds alternated rounds (3), each output's max abs error against the fp32 reference (up to 256 x 2,048
 keys) and the two outputs' max abs difference. Writes <NAME>_<gpu>.json (default attn_decode_compare).
 Budget: about 2 minutes each on an H100.
 """
@@ -49,46 +44,6 @@ _CASES = [(hq, hkv, b, ctx) for hq, hkv in [(32, 4), (48, 8)] for b, ctx in
            (64, 2048), (128, 2048), (256, 2048)]]  # Qwen3-30B-A3B and MiniMax-M2 heads, fp8 KV
 
 
-def regcap() -> dict:
-    import triton
-
-    shipped = at.decode_launch_options
-    modes = {"auto": shipped, "off": lambda *a: {}, "on": lambda *a: {"maxnreg": at.FP8_DECODE_MAXNREG}}
-    rows = []
-    for hq, hkv, b, ctx in _CASES:
-        case = make_attention_case([(ctx, 1)] * b, hq, hkv, 128, dtype=torch.bfloat16,
-                                   cache_dtype=torch.float8_e4m3fn, device="cuda", kv_scale=0.05, seed=0)
-        kc, vc = case.k_cache.clone(), case.v_cache.clone()
-        at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
-        out = torch.empty_like(case.q)
-
-        def call():
-            at.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale, k_scale=case.k_scale,
-                                      v_scale=case.v_scale, out=out)
-
-        times, outs = {m: [] for m in modes}, {}
-        for _ in range(3):
-            for m, fn in modes.items():
-                at.decode_launch_options = fn
-                call()
-                torch.cuda.synchronize()
-                outs[m] = out.clone()
-                times[m].append(triton.testing.do_bench(call, warmup=10, rep=50))
-        at.decode_launch_options = shipped
-        same = all(torch.equal(outs[m], outs["off"]) for m in modes)
-        med = {m: statistics.median(v) for m, v in times.items()}
-        kv_bytes = b * ctx * hkv * 128 * 2
-        capped = bool(shipped(b * hkv, True, 64, case.q.device))
-        print(f"heads {hq}/{hkv} b={b:5d} ctx={ctx:5d} capped={capped!s:5s} off {med['off']*1e3:7.1f}us "
-              f"on {med['on']*1e3:7.1f} auto {med['auto']*1e3:7.1f} auto/off {med['off']/med['auto']:.3f}x "
-              f"{kv_bytes/med['auto']/1e9:.2f}TB/s same={same}", flush=True)
-        rows.append({"q_heads": hq, "kv_heads": hkv, "batch": b, "context": ctx, "kv_bytes": kv_bytes,
-                     "auto_capped": capped, "ms": times, "median_ms": med,
-                     "speedup_auto_vs_off": med["off"] / med["auto"], "speedup_on_vs_off": med["off"] / med["on"],
-                     "outputs_identical": same})
-    return {"rows": rows}
-
-
 def _load_other(src: str):
     """attention_triton.py of another source tree, as its own module (its imports resolve to this tree)."""
     path = Path(src) / "tenk" / "kernels" / "attention_triton.py"
@@ -99,7 +54,7 @@ def _load_other(src: str):
     return mod
 
 
-def compare(against: str) -> dict:
+def compare(against: str, rounds: int) -> dict:
     import triton
 
     mods = {"now": at, "against": _load_other(against)}
@@ -114,7 +69,7 @@ def compare(against: str) -> dict:
             ref = at.paged_attention_scaled_ref(case.q.float(), None, None, kc, vc, case.meta, case.scale,
                                                 k_scale=case.k_scale, v_scale=case.v_scale)
         times, outs = {n: [] for n in mods}, {}
-        for _ in range(3):
+        for _ in range(rounds):
             for n, mod in mods.items():
                 out = torch.empty_like(case.q)
 
@@ -150,7 +105,7 @@ def _launch(case, out, hq, hkv, block_n, warps, stages, maxnreg):
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kc.stride(0), kc.stride(1), kc.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=hq // hkv, G_PAD=16, D=128, D_PAD=128, PAGE=kc.shape[1], BLOCK_N=block_n, NUM_SPLITS=1,
-        IEEE=False, KV_F16=is_fp8(kc.dtype), PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl, **kw)
+        IEEE=False, KV_F16=is_fp8(kc.dtype), V_ASM=is_fp8(kc.dtype), PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl, **kw)
 
 
 def sweep() -> dict:
@@ -191,9 +146,10 @@ def sweep() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["regcap", "sweep", "compare"])
+    parser.add_argument("what", choices=["sweep", "compare"])
     parser.add_argument("--against", help="compare: another tree's src folder")
     parser.add_argument("--name", default="attn_decode_compare", help="compare: the result file's name")
+    parser.add_argument("--rounds", type=int, default=3, help="compare: alternated rounds")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -205,10 +161,9 @@ def main() -> int:
     if args.what == "compare":
         if not args.against:
             parser.error("compare needs --against OLD/src")
-        result, name = compare(args.against), args.name
+        result, name = compare(args.against, args.rounds), args.name
     else:
-        result = regcap() if args.what == "regcap" else sweep()
-        name = "attn_decode_regcap" if args.what == "regcap" else "attn_decode_launch_sweep"
+        result, name = sweep(), "attn_decode_launch_sweep"
     path = Path(args.out) / f"{name}_{_gpu_tag()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -127,12 +127,3 @@ def test_padding_of_a_mixed_step_graph(interpret):
     assert same(kc0, kc1) and same(vc0, vc1)  # the padding stored nothing
     ref = at.paged_attention_ref(q, k, v, kc1, vc1, padded, case.scale)
     assert torch.equal(ref[t:], torch.zeros_like(ref[t:]))  # the reference agrees on the padding rows
-
-
-@pytest.mark.parametrize("programs,capped", [(12, False), (13, True), (24, False), (25, True), (48, True)])
-def test_fp8_decode_register_cap_only_where_it_saves_a_wave(programs, capped):
-    """The CPU stands in for 4 SMs: 3 uncapped or 4 capped programs an SM."""
-    cpu = torch.device("cpu")
-    assert bool(at.decode_launch_options(programs, True, 64, cpu)) == capped
-    assert at.decode_launch_options(programs, False, 64, cpu) == {}  # bf16 caches: never
-    assert at.decode_launch_options(programs, True, 128, cpu) == {}  # 128-key tiles spill capped

@@ -27,9 +27,14 @@ conversion per two values (cvt.rn.f16x2.e4m3x2), where E4M3 -> bf16 takes either
 conversion, then one F2F per value on the conversion pipe) or an integer sequence of 4
 instructions per two values. q is cast to fp16 once per program, saturated at +-65,504 (bf16 can
 hold more; a query that large is no model's), and the probabilities P enter the second MMA in fp16,
-which holds [0, 1] more finely than bf16. On an H100 this cut the decode loop from 1,152 to 844
-sm_90 instructions a warp and K/V step and ran 1.04x-1.11x faster than the inline-asm bf16 path at
-serving shapes, no farther from the fp32 reference (benchmarks/results/attn_decode_f16_h100.json).
+which holds [0, 1] more finely than bf16. On the GPU the V tile is converted as loaded (d
+contiguous) and reaches the MMA as fp16 through ldmatrix.trans; Triton would move a plain cast
+into the MMA operand load, where an 8-bit tile whose keys are strided loads byte by byte. The
+decode loop went from 1,152 sm_90 instructions a warp and K/V step (bf16) to 844 (fp16) to 525
+(V converted as loaded), and the program from 162 to 118 registers, so 4 CTAs share an SM
+without a register cap. On an H100 the fp16 kernel ran 1.06x-1.12x faster than the bf16 one from
+192 sequences of 400 tokens up (benchmarks/results/attn_decode_f16_h100.json), and converting V
+as loaded another 1.02x-1.07x (attn_decode_v_loaded_h100.json), as close to the fp32 reference.
 The prefill kernel keeps q's dtype: its conversions are spread over 128-row query tiles.
 """
 
@@ -39,6 +44,7 @@ import math
 
 import torch
 
+from tenk.kernels import fp8_gemm
 from tenk.kernels._common import FP8_E4M3_MAX, is_fp8, next_pow2, num_sms, scale_value, use_pdl
 from tenk.kernels._tiles import wait_prior_grid
 from tenk.kernels._triton import tl, triton
@@ -46,6 +52,11 @@ from tenk.kernels.attention import AttentionMetadata, paged_attention_ref, store
 
 FP8_KV_F16 = True  # decode: an fp8 cache's tiles computed in fp16 (see the module docstring)
 FP16_MAX = tl.constexpr(65504.0) if tl else 65504.0  # q saturates here in the fp16 decode
+# E4M3 -> fp16, four values (one register) in two conversions. Triton keeps an asm where it stands
+# (is_pure=False), so the V tile is converted in the layout it was loaded in (see the docstring).
+_ASM_E4M3X4_TO_F16 = tl.constexpr(
+    "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; cvt.rn.f16x2.e4m3x2 $1, hi; }"
+) if tl else None
 LOG2E = 1.4426950408889634
 
 
@@ -122,11 +133,11 @@ def store_kvcache_triton(
 
 @triton.jit
 def _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
-                 IEEE: tl.constexpr):
+                 IEEE: tl.constexpr, V_ASM: tl.constexpr):
     """One K/V tile of the online softmax, shared by the decode and prefill kernels: the rows of q
     against the BLOCK_N keys at `row` (cache offsets; n_ok: keys that exist, visible: [rows,
     BLOCK_N] what each row may see). K/V and P take q's dtype for the MMAs (fp16 q: an fp8 cache
-    computed in fp16). Returns the updated (m_i, l_i, acc)."""
+    computed in fp16; V_ASM: its V tile converted as loaded). Returns the updated (m_i, l_i, acc)."""
     kt = tl.load(kc_ptr + row[None, :] + d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
     if IEEE:
         s = tl.dot(q, kt.to(q.dtype), input_precision="ieee")
@@ -138,6 +149,8 @@ def _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, 
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     vt = tl.load(vc_ptr + row[:, None] + d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if V_ASM:
+        vt = tl.inline_asm_elementwise(_ASM_E4M3X4_TO_F16, "=r,=r,r", [vt], dtype=tl.float16, is_pure=False, pack=4)
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision="ieee")
     else:
@@ -154,7 +167,7 @@ def _decode_kernel(
     s_kb, s_ks, s_kh, s_bt,
     HQ: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr,
-    KV_F16: tl.constexpr, PDL: tl.constexpr,
+    KV_F16: tl.constexpr, V_ASM: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_prior_grid(PDL)
     seq = tl.program_id(0)
@@ -191,7 +204,7 @@ def _decode_kernel(
         page = tl.load(bt_ptr + seq * s_bt + n // PAGE, mask=n_ok, other=0).to(tl.int64)
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off  # [BLOCK_N]
         m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, n_ok[None, :], d, d_ok, m_i, l_i, acc, qk_scale,
-                                     IEEE)
+                                     IEEE, V_ASM)
 
     if NUM_SPLITS == 1:
         o = acc / l_i[:, None] * v_scale
@@ -242,25 +255,6 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_blocks: int, block_s
     return int(max(1, min(16, -(-2 * sms // programs), max_tiles)))
 
 
-# The fp8 decode program holds ~160 registers, so 3 CTAs share an SM; capped at 128 (no spills at
-# 64-key tiles) 4 do, each a little slower. The cap pays where it saves a wave of (sequence, kv
-# head) programs. On an H100, 400-token contexts: Qwen3-30B-A3B heads 1.28x at 128 sequences (512
-# programs: 1 wave instead of 2), 1.10x-1.16x at 256-1,024; MiniMax-M2 heads 1.27x at 64 sequences,
-# 1.08x-1.14x at 128-1,024; 2,048-token contexts 1.10x-1.34x. Where it saves none it would cost up
-# to 4% (0.96x: Qwen3 heads at 192 sequences, MiniMax-M2 at 96). bf16 caches gain nothing
-# (benchmarks/results/attn_decode_regcap_h100.json, attn_decode_launch_sweep_h100.json).
-FP8_DECODE_MAXNREG = 128
-_CTAS_PER_SM = (3, 4)  # the fp8 decode program uncapped, capped
-
-
-def decode_launch_options(num_programs: int, fp8_f16: bool, block_n: int, device) -> dict:
-    """Extra launch options of the decode kernel: the register cap where it saves a wave (above)."""
-    if not fp8_f16 or block_n > 64:
-        return {}
-    uncapped, capped = (-(-num_programs // (n * num_sms(device))) for n in _CTAS_PER_SM)
-    return {"maxnreg": FP8_DECODE_MAXNREG} if capped < uncapped else {}
-
-
 def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block_n):
     T, hq, d = q.shape
     _, page, hkv, _ = k_cache.shape
@@ -279,6 +273,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         part_acc = part_ml = out  # unused
     pdl = use_pdl(q.device)
     kv_f16 = FP8_KV_F16 and is_fp8(k_cache.dtype) and not ieee
+    v_asm = kv_f16 and (q.is_cuda or fp8_gemm.COMPILE_GPU_VARIANT)  # the interpreter runs no PTX
     _decode_kernel[(bsz, hkv, num_splits)](
         q, k_cache, v_cache, out, part_acc, part_ml,
         meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
@@ -287,8 +282,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=group, G_PAD=max(16, next_pow2(group)), D=d, D_PAD=d_pad,
         PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, IEEE=ieee,
-        KV_F16=kv_f16, PDL=pdl, num_warps=4, num_stages=3, launch_pdl=pdl,
-        **decode_launch_options(bsz * hkv * num_splits, kv_f16, block_n, q.device),
+        KV_F16=kv_f16, V_ASM=v_asm, PDL=pdl, num_warps=4, num_stages=3, launch_pdl=pdl,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(bsz, hq)](
@@ -367,7 +361,7 @@ def _prefill_kernel(
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off
         visible = (n[None, :] <= q_pos[:, None]) & n_ok[None, :]
         m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
-                                     IEEE)
+                                     IEEE, False)
 
     # a sequence with an empty context (the padding of a mixed-step CUDA graph) has no key to
     # attend: its rows are zeros, not 0 / 0
