@@ -35,7 +35,8 @@ decode loop went from 1,152 sm_90 instructions a warp and K/V step (bf16) to 844
 without a register cap. On an H100 the fp16 kernel ran 1.06x-1.12x faster than the bf16 one from
 192 sequences of 400 tokens up (benchmarks/results/attn_decode_f16_h100.json), and converting V
 as loaded another 1.02x-1.07x (attn_decode_v_loaded_h100.json), as close to the fp32 reference.
-The prefill kernel keeps q's dtype: its conversions are spread over 128-row query tiles.
+The prefill kernel still computes in q's dtype (an fp8 cache through Triton's cast to bf16),
+not yet measured in fp16.
 """
 
 from __future__ import annotations
