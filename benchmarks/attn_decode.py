@@ -30,7 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from tenk.kernels import attention_triton as at  # noqa: E402
-from tenk.kernels._common import is_fp8, use_pdl  # noqa: E402
 from tenk.kernels.testing import make_attention_case  # noqa: E402
 
 
@@ -94,18 +93,11 @@ def compare(against: str, rounds: int) -> dict:
     return {"against": against, "rows": rows}
 
 
-def _launch(case, out, hq, hkv, block_n, warps, stages, maxnreg):
-    q, kc, vc, meta = case.q, case.k_cache, case.v_cache, case.meta
-    qk_scale = case.scale * case.k_scale * at.LOG2E
-    pdl = use_pdl(q.device)
+def _launch(case, out, block_n, warps, stages, maxnreg):
+    """The production decode launch (one split) with this block_n, warps, stages and register cap."""
     kw = {"maxnreg": maxnreg} if maxnreg else {}
-    at._decode_kernel[(meta.seq_lens.shape[0], hkv, 1)](
-        q, kc, vc, out, out, out, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
-        qk_scale, case.v_scale,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        kc.stride(0), kc.stride(1), kc.stride(2), meta.block_tables.stride(0),
-        HQ=hq, G=hq // hkv, G_PAD=16, D=128, D_PAD=128, PAGE=kc.shape[1], BLOCK_N=block_n, NUM_SPLITS=1,
-        IEEE=False, KV_F16=is_fp8(kc.dtype), V_ASM=is_fp8(kc.dtype), PDL=pdl, num_warps=warps, num_stages=stages, launch_pdl=pdl, **kw)
+    at._decode(case.q, case.k_cache, case.v_cache, case.meta, out, case.scale * case.k_scale * at.LOG2E,
+               case.v_scale, 1, block_n, num_warps=warps, num_stages=stages, **kw)
 
 
 def sweep() -> dict:
@@ -123,18 +115,18 @@ def sweep() -> dict:
                                        device="cuda", kv_scale=0.05 if cache != torch.bfloat16 else 1.0, seed=0)
             kv_bytes = bsz * ctx * hkv * 128 * 2 * case.k_cache.element_size()
             ref = torch.empty_like(case.q)
-            _launch(case, ref, hq, hkv, 64, 4, 3, 0)
+            _launch(case, ref, 64, 4, 3, 0)
             res = []
             for v in variants:
                 out = torch.empty_like(case.q)
                 try:
-                    _launch(case, out, hq, hkv, *v)
+                    _launch(case, out, *v)
                     torch.cuda.synchronize()
                 except Exception as e:  # a config that does not compile
                     res.append({"v": v, "error": str(e)[:120]})
                     continue
                 err = (out.float() - ref.float()).abs().max().item()
-                ms = triton.testing.do_bench(lambda: _launch(case, out, hq, hkv, *v), warmup=10, rep=50)
+                ms = triton.testing.do_bench(lambda: _launch(case, out, *v), warmup=10, rep=50)
                 res.append({"v": v, "ms": ms, "err": err, "tbps": kv_bytes / ms / 1e9})
             ok = sorted([r for r in res if "ms" in r], key=lambda r: r["ms"])
             ship = next(r for r in res if tuple(r["v"]) == (64, 4, 3, 0))

@@ -1,6 +1,7 @@
-"""benchmarks/attn_decode.py's `compare` loads another source tree's attention kernels as a module of
-their own, beside this tree's, so one process can alternate the two (checked on CPU with the
-interpreter and this tree's own source as the other one)."""
+"""benchmarks/attn_decode.py on CPU (Triton's interpreter): `sweep` launches the production decode
+with its own warps / stages / register cap, and `compare` loads another source tree's attention
+kernels as a module of their own, beside this tree's, so one process can alternate the two (this
+tree's own source stands in for the other one)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ def test_the_other_tree_loads_as_its_own_module_and_attends_alike():
     with triton_interpreter():
         outs = _attend_with(at, other)
     assert torch.isfinite(outs[0]).all() and torch.equal(outs[0], outs[1])
+
+
+def test_the_sweeps_launch_is_the_production_decode_with_its_knobs():
+    case = make_attention_case([(40, 1), (23, 1)], 4, 2, 16, dtype=torch.bfloat16, cache_dtype=torch.float8_e4m3fn,
+                               kv_scale=0.05, seed=3)
+    with triton_interpreter():
+        at.store_kvcache_triton(case.k, case.v, case.k_cache, case.v_cache, case.meta.slot_mapping, case.k_scale,
+                                case.v_scale)
+        want = at.paged_attention_triton(case.q, None, None, case.k_cache, case.v_cache, case.meta, case.scale,
+                                         k_scale=case.k_scale, v_scale=case.v_scale, num_kv_splits=1, block_n=16)
+        out = torch.full_like(case.q, float("nan"))
+        attn_decode._launch(case, out, 16, 2, 2, 0)
+    assert torch.equal(out, want)
 
 
 def _attend_with(*mods):

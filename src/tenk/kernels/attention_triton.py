@@ -256,7 +256,8 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_blocks: int, block_s
     return int(max(1, min(16, -(-2 * sms // programs), max_tiles)))
 
 
-def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block_n):
+def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block_n, **launch):
+    """launch: num_warps / num_stages / maxnreg in place of the shipped ones (benchmarks/attn_decode.py sweeps them)."""
     T, hq, d = q.shape
     _, page, hkv, _ = k_cache.shape
     bsz = meta.seq_lens.shape[0]
@@ -283,7 +284,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         HQ=hq, G=group, G_PAD=max(16, next_pow2(group)), D=d, D_PAD=d_pad,
         PAGE=page, BLOCK_N=block_n, NUM_SPLITS=num_splits, IEEE=ieee,
-        KV_F16=kv_f16, V_ASM=v_asm, PDL=pdl, num_warps=4, num_stages=3, launch_pdl=pdl,
+        KV_F16=kv_f16, V_ASM=v_asm, PDL=pdl, launch_pdl=pdl, **{"num_warps": 4, "num_stages": 3, **launch},
     )
     if num_splits > 1:
         _decode_reduce_kernel[(bsz, hq)](
