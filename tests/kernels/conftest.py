@@ -92,6 +92,23 @@ def _compile_sm90(fn, args, kwargs) -> dict:
             "shared_bytes": kernel.metadata.shared, "options": options, "ptx": kernel.asm.get("ptx", "")}
 
 
+def ptxas_notes(ptx: str) -> str:
+    """What ptxas -v says about a kernel's PTX for sm_90a (e.g. C7515: its wgmmas serialized)."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        return subprocess.run([ptxas, "-arch=sm_90a", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                              capture_output=True, text=True).stderr
+
+
 @pytest.fixture
 def sm90_compile():
     """sm90_compile(modules, call) runs call() with every @triton.jit kernel of the modules replaced by a

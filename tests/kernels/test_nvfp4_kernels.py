@@ -22,7 +22,7 @@ from tenk.kernels.configs.nvfp4 import Nvfp4Config, Nvfp4MoeConfig, heuristic_de
 from tenk.kernels.testing import capture_cuda_graph, make_moe_case, rel_err
 from tenk.quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 from tests.kernels.conftest import (H100_MAX_SHARED, align_kernels, assert_fits_sm90, assert_shipped_tables_load,
-                                    assert_waits_first)
+                                    assert_waits_first, ptxas_notes)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # exp overflow on masked garbage lanes
 
@@ -561,6 +561,36 @@ def test_moe_compiles_for_sm90(gpu_variant, model, tokens):
     if cfg.w13.split_k > 1:
         expected.append("_silu_mul_reduce_kernel")
     assert_fits_sm90(results, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [16, 256, 1024])
+def test_moe_wgmmas_are_not_serialized(gpu_variant, tokens):
+    """Qwen3-30B-A3B's decode buckets (the H100 table's configs) run wgmma with the decoded weights
+    in registers; ptxas must not serialize those wgmmas (C7515: each would wait for the last)."""
+    from tenk.kernels.configs import nvfp4 as cfgs
+
+    table = json.loads(cfgs.table_path("h100").read_text())["moe"]["e128_h2048_i768_top8"]
+    cfg = Nvfp4MoeConfig.from_dict(table[str(tokens)])
+    experts = 8
+    x = torch.empty(tokens, QWEN3["hidden"], dtype=torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts)[:8] for _ in range(tokens)]).int()
+    w = _kernel_layout_experts(experts, QWEN3["hidden"], QWEN3["inter"])
+    results = gpu_variant([nm], lambda: nm.nvfp4_fused_moe(x, *w, torch.full((tokens, 8), 0.125), ids, config=cfg))
+    gemms = [r for r in results if r["name"] == "_nvfp4_moe_gemm_kernel" and "wgmma.mma_async" in r["ptx"]]
+    assert gemms
+    for r in gemms:
+        assert "C7515" not in ptxas_notes(r["ptx"])
+
+
+def test_nonempty_splits_keep_each_splits_steps():
+    """Split-K launches only splits that own a K step, each as many steps as before."""
+    for steps in range(1, 65):
+        for split_k in range(1, 17):
+            n = ng.nonempty_splits(split_k, steps)
+            per = -(-steps // max(1, min(split_k, steps)))
+            assert 1 <= n <= split_k and -(-steps // n) == per
+            assert (n - 1) * per < steps <= n * per  # the last split owns a step, none is left over
 
 
 @pytest.mark.slow

@@ -356,7 +356,10 @@ def _accumulate(acc, acc2, w_rows, s_rows, w_off2, s_off2, x_cols, x_ok, k0, k1,
     TWO: also acc2 with the rows w_off2 / s_off2 further on (the up half of w1|w3), sharing x.
     w_rows: int16 pointers [BN, 1] to each weight row (masked rows point at a valid row and are
     zeroed by the caller), s_rows: int32 pointers [BN, 1] (both from tile_offsets; TN, TQ: the
-    layout), x_cols: pointers [1, BM] to each token."""
+    layout), x_cols: pointers [1, BM] to each token. k0 < k1: every split owns a K step
+    (nonempty_splits); said to the compiler, it drops the loop's zero-trip path, whose accumulator
+    copies before the last wgmma wait made ptxas serialize every wgmma of the kernel (C7515)."""
+    tl.assume(k0 < k1)
     c = tl.arange(0, BKQ)
     wc = tile_cols(c, BKQ, TN, TQ)[None, :]
     g = tl.arange(0, BKQ // 16)
@@ -483,6 +486,13 @@ def dequantize_kernel_layout(wq: torch.Tensor, sq: torch.Tensor, gs: torch.Tenso
 # ---------------------------------------------------------------- launch configs
 
 
+def nonempty_splits(split_k: int, steps: int) -> int:
+    """How many of split_k K splits of `steps` K steps own at least one (each takes cdiv(steps,
+    split_k) steps, so the last ones may own none): the kernels assume every split has work."""
+    split = max(1, min(split_k, steps))
+    return -(-steps // -(-steps // split))
+
+
 def fit_block_kq(cfg: Nvfp4Config, q: int) -> int:
     """The largest BKQ <= cfg.block_kq that divides the quarter width Q (Q is a multiple of 16)."""
     b = cfg.block_kq
@@ -542,7 +552,7 @@ def nvfp4_gemm(x, weight, weight_scale, weight_scale_2, shard_sizes=None, bias=N
     if x.stride(1) != 1:
         x = x.contiguous()
     bkq = fit_block_kq(cfg, q)
-    split = max(1, min(cfg.split_k, q // bkq))
+    split = nonempty_splits(cfg.split_k, q // bkq)
     grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split)
     target = out if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
     _nvfp4_gemm_kernel[grid](

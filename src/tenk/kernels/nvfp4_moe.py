@@ -64,6 +64,7 @@ from tenk.kernels.nvfp4_gemm import (
     dequantize_kernel_layout,
     expert_layout,
     fit_block_kq,
+    nonempty_splits,
     tile_experts,
     tile_offsets,
     to_kernel_layout,
@@ -558,7 +559,7 @@ def _gemm(a, wq, sq, layout, gs, out, align, num_pairs, n, topk, gated, a_by_tok
 
 
 def _splits(cfg, q: int) -> int:
-    return max(1, min(cfg.split_k, q // fit_block_kq(cfg, q)))
+    return nonempty_splits(cfg.split_k, q // fit_block_kq(cfg, q))
 
 
 def run_moe_stages(x, topk_weights, topk_ids, out, num_experts: int, inter: int, block_m: int, direct: bool,
