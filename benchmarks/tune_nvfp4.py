@@ -9,9 +9,9 @@ tenk.kernels.configs.nvfp4 reads (src/tenk/kernels/configs/nvfp4_<gpu>.json).
 Knobs (coordinate descent, benchmarks/tuning.py): each block_m near the pairs per expert seeds its
 own descent over, per GEMM, block_n with its warps, block_kq, num_stages, split_k, group_m, the
 L2 prefetch before the PDL wait (0, 4,096 or 8,192 bytes a tile) and the half-wide tiles of partly
-padded token blocks (narrow); for tiny batches "direct" (no alignment launch); then the impl,
-fused or dequant; from 1,024 tokens on a GPU also the Gluon "wgmma" MoE from a few measured tiles,
-then its tiles again (and a register cap).
+padded token blocks (narrow) and a register cap (maxnreg); for tiny batches "direct" (no
+alignment launch); then the impl, fused or dequant; from 1,024 tokens on a GPU also the Gluon
+"wgmma" MoE from a few measured tiles, then its tiles again (and a register cap).
 --refine starts from the table's entries and searches only their kernels' knobs.
 """
 
@@ -42,7 +42,9 @@ GEMM_KNOBS = {
 }
 # the MoE's Triton GEMMs also prefetch their first K steps into L2 under PDL (Nvfp4Config.prefetch)
 # and may run half-wide tiles for blocks whose pairs fit half of them (Nvfp4Config.narrow)
-MOE_KNOBS = {"prefetch": [0, 4096, 8192], "narrow": [False, True]}
+# and, with ptxas no longer serializing their wgmmas, a register cap can buy a fourth CTA an SM
+# (Qwen3-30B-A3B's 256-token w1|w3: 156 registers uncapped)
+MOE_KNOBS = {"prefetch": [0, 4096, 8192], "narrow": [False, True], "maxnreg": [0, 128, 168]}
 IMPL = ("impl", lambda c: [dataclasses.replace(c, impl=v) for v in cfgs.IMPLS])
 WGMMA_MIN_TOKENS = 1024  # below, the Triton kernels' smaller tiles won every bucket on an H100
 # (w1|w3, w2) tiles (block_n, block_kq, num_stages, num_warps) the wgmma MoE starts from: the best

@@ -31,7 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from moe_kernels import GRAPH_MAX_TOKENS  # noqa: E402  (decode-sized batches: timed as CUDA graphs)
+from moe_kernels import GRAPH_MAX_TOKENS  # noqa: E402
+
+# batches the engine replays as CUDA graphs (its capture sizes reach --max-num-seqs, 512 by default):
+# timed as graphs, since eager launches of 512-1,024 tokens are host-bound and rank configs by noise
+TUNE_GRAPH_MAX_TOKENS = max(GRAPH_MAX_TOKENS, 1024)
 
 from tenk.kernels.configs import nvfp4 as tables  # noqa: E402  (the table machinery of both formats)
 
@@ -364,7 +368,7 @@ def tune_moe(args, table: TableFile, deadline: float, make_experts, run, heurist
                 break
             x, tw, ids = mk.make_routing(shape, t, DEVICE, seed=t)
             out = torch.empty_like(x)
-            measure = lambda c: try_time(lambda: run(x, experts, tw, ids, out, c), t <= GRAPH_MAX_TOKENS)
+            measure = lambda c: try_time(lambda: run(x, experts, tw, ids, out, c), t <= TUNE_GRAPH_MAX_TOKENS)
             key, guess = tables.moe_key(e, h, i, k), heuristic(t, e, h, i, k)
             if not args.refine:
                 _search(table, "moe", key, t, guess, variants_for(t, e, k), measure, deadline)
@@ -389,7 +393,7 @@ def tune_dense(args, table: TableFile, deadline: float, make_weight, run, heuris
                 break
             x = torch.randn(t, k, generator=g, device=DEVICE).to(DTYPE[DEVICE])
             out = torch.empty(t, n, device=DEVICE, dtype=x.dtype)
-            measure = lambda c: try_time(lambda: run(x, weight, out, c), t <= GRAPH_MAX_TOKENS)
+            measure = lambda c: try_time(lambda: run(x, weight, out, c), t <= TUNE_GRAPH_MAX_TOKENS)
             key, guess = tables.dense_key(n, k), heuristic(t, n, k)
             variants = [("block_m", lambda c: [dataclasses.replace(c, block_m=bm) for bm in BLOCK_M_VALUES])]
             variants += gemm_variants("", knobs)

@@ -564,10 +564,11 @@ def test_moe_compiles_for_sm90(gpu_variant, model, tokens):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tokens", [16, 256, 1024])
+@pytest.mark.parametrize("tokens", [256, 512, 1024])
 def test_moe_wgmmas_are_not_serialized(gpu_variant, tokens):
-    """Qwen3-30B-A3B's decode buckets (the H100 table's configs) run wgmma with the decoded weights
-    in registers; ptxas must not serialize those wgmmas (C7515: each would wait for the last)."""
+    """Qwen3-30B-A3B's decode buckets whose H100 table configs run wgmma (4-warp tiles) with the
+    decoded weights in registers; ptxas must not serialize those wgmmas (C7515: each would wait
+    for the last)."""
     from tenk.kernels.configs import nvfp4 as cfgs
 
     table = json.loads(cfgs.table_path("h100").read_text())["moe"]["e128_h2048_i768_top8"]
