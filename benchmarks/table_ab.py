@@ -75,28 +75,16 @@ def merged(old: dict, new: dict, rows: list[dict]) -> dict:
 
 
 def _runner(fmt: str):
-    """(config class, make_experts(shape) -> weights on the GPU, run(x, w, tw, ids, out, cfg))."""
+    """(config class, make_experts(shape), run(x, experts, tw, ids, out, cfg)): the format's tuner's own."""
     if fmt == "nvfp4":
-        import moe_kernels as mk
+        import tune_nvfp4 as tuner
 
-        from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig
-        from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
+        from tenk.kernels.configs.nvfp4 import Nvfp4MoeConfig as config_cls
+    else:
+        import tune_fp8 as tuner
 
-        return (Nvfp4MoeConfig, lambda shape: mk.make_experts(shape, "cuda", dense=False)[0],
-                lambda x, w, tw, ids, out, c: nvfp4_fused_moe(x, *w, tw, ids, out=out, config=c))
-    from fp8_kernels import random_fp8
-    from tune_fp8 import BLOCK
-
-    from tenk.kernels.configs.fp8 import Fp8MoeConfig
-    from tenk.kernels.fp8_moe import fp8_fused_moe
-
-    def experts(shape):
-        g = torch.Generator(device="cuda").manual_seed(shape.experts + shape.hidden + shape.inter)
-        e, h, i = shape.experts, shape.hidden, shape.inter
-        return (*random_fp8(e, 2 * i, h, "block", BLOCK, g, "cuda"), *random_fp8(e, h, i, "block", BLOCK, g, "cuda"))
-
-    return (Fp8MoeConfig, experts,
-            lambda x, w, tw, ids, out, c: fp8_fused_moe(x, *w, tw, ids, "block", BLOCK, out=out, config=c))
+        from tenk.kernels.configs.fp8 import Fp8MoeConfig as config_cls
+    return config_cls, tuner.make_experts, tuner.run_moe
 
 
 def ab(old: dict, new: dict, fmt: str, models: list[str], tokens_list: list[int], rounds: int) -> list[dict]:
@@ -114,10 +102,10 @@ def ab(old: dict, new: dict, fmt: str, models: list[str], tokens_list: list[int]
         weights = None
         for tokens in tokens_list:
             pair = entries(old, new, key, tokens)
-            if None in pair or pair[0] == pair[1] or config_cls.from_dict(pair[0]) == config_cls.from_dict(pair[1]):
+            cfgs = None if None in pair else dict(zip(("old", "new"), map(config_cls.from_dict, pair)))
+            if cfgs is None or cfgs["old"] == cfgs["new"]:
                 print(f"{spec} {tokens}: same config (or missing), skipped", flush=True)
                 continue
-            cfgs = {"old": config_cls.from_dict(pair[0]), "new": config_cls.from_dict(pair[1])}
             weights = weights if weights is not None else make_experts(shape)
             x, tw, ids = make_routing(shape, tokens, "cuda", seed=tokens)
             batches = [make_routing(shape, tokens, "cuda", seed=1000 * tokens + j) for j in range(CHAIN)]

@@ -40,25 +40,32 @@ def moe_variants(t: int, e: int, k: int) -> list:
             + tuning.gemm_variants("w2", GEMM_KNOBS) + tuning.direct_variants(t, k))  # fmt: skip
 
 
+def make_experts(shape):
+    """Block-scaled FP8 experts of a MoE shape, made on tuning.DEVICE: (w13, s13, w2, s2)."""
+    from fp8_kernels import random_fp8
+
+    g = torch.Generator(device=tuning.DEVICE).manual_seed(shape.experts + shape.hidden + shape.inter)
+    e, h, i = shape.experts, shape.hidden, shape.inter
+    w13 = random_fp8(e, 2 * i, h, "block", BLOCK, g, tuning.DEVICE)
+    return (*w13, *random_fp8(e, h, i, "block", BLOCK, g, tuning.DEVICE))
+
+
+def run_moe(x, experts, topk_weights, topk_ids, out, config):
+    from tenk.kernels.fp8_moe import fp8_fused_moe
+
+    return fp8_fused_moe(x, *experts, topk_weights, topk_ids, "block", BLOCK, out=out, config=config)
+
+
 def tune(args, table: tuning.TableFile, deadline: float) -> None:
     from fp8_kernels import random_fp8
 
     from tenk.kernels.fp8_gemm import fp8_gemm
-    from tenk.kernels.fp8_moe import fp8_fused_moe
-
-    def experts(shape):
-        g = torch.Generator(device=tuning.DEVICE).manual_seed(shape.experts + shape.hidden + shape.inter)
-        e, h, i = shape.experts, shape.hidden, shape.inter
-        w13 = random_fp8(e, 2 * i, h, "block", BLOCK, g, tuning.DEVICE)
-        return (*w13, *random_fp8(e, h, i, "block", BLOCK, g, tuning.DEVICE))
 
     def dense_weight(n, k, g):
         q, s = random_fp8(1, n, k, "block", BLOCK, g, tuning.DEVICE)
         return q[0], s[0]
 
-    tuning.tune_moe(args, table, deadline, experts,
-                    lambda x, w, tw, ids, out, c: fp8_fused_moe(x, *w, tw, ids, "block", BLOCK, out=out, config=c),
-                    cfgs.heuristic_moe, moe_variants)  # fmt: skip
+    tuning.tune_moe(args, table, deadline, make_experts, run_moe, cfgs.heuristic_moe, moe_variants)
     tuning.tune_dense(args, table, deadline, dense_weight,
                       lambda x, w, out, c: fp8_gemm(x, *w, "block", None, None, BLOCK, config=c, out=out),
                       cfgs.heuristic_dense, GEMM_KNOBS, tables.IMPLS)  # fmt: skip

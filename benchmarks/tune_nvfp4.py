@@ -91,20 +91,28 @@ def refine_variants(c) -> list:
     return tuning.gemm_variants("w13", knobs) + tuning.gemm_variants("w2", knobs)
 
 
-def tune(args, table: tuning.TableFile, deadline: float) -> None:
+def make_experts(shape):
+    """NVFP4 experts of a MoE shape in the kernel layout, made on tuning.DEVICE."""
     import moe_kernels as mk
 
-    from tenk.kernels import nvfp4_gemm as ng
+    return mk.make_experts(shape, tuning.DEVICE, dense=False)[0]
+
+
+def run_moe(x, experts, topk_weights, topk_ids, out, config):
     from tenk.kernels.nvfp4_moe import nvfp4_fused_moe
+
+    return nvfp4_fused_moe(x, *experts, topk_weights, topk_ids, out=out, config=config)
+
+
+def tune(args, table: tuning.TableFile, deadline: float) -> None:
+    from tenk.kernels import nvfp4_gemm as ng
 
     def dense_weight(n, k, g):
         packed = torch.randint(0, 256, (n, k // 2), generator=g, device=tuning.DEVICE, dtype=torch.uint8)
         scale = (torch.rand(n, k // 16, generator=g, device=tuning.DEVICE) + 0.5).to(torch.float8_e4m3fn)
         return (*ng.pack_for_kernel(packed, scale), torch.full((1,), 0.01, device=tuning.DEVICE))
 
-    tuning.tune_moe(args, table, deadline, lambda shape: mk.make_experts(shape, tuning.DEVICE, dense=False)[0],
-                    lambda x, w, tw, ids, out, c: nvfp4_fused_moe(x, *w, tw, ids, out=out, config=c),
-                    cfgs.heuristic_moe, moe_variants, refine_variants)  # fmt: skip
+    tuning.tune_moe(args, table, deadline, make_experts, run_moe, cfgs.heuristic_moe, moe_variants, refine_variants)
     tuning.tune_dense(args, table, deadline, dense_weight,
                       lambda x, w, out, c: ng.nvfp4_gemm(x, *w, None, config=c, out=out),
                       cfgs.heuristic_dense, GEMM_KNOBS, cfgs.IMPLS)  # fmt: skip

@@ -44,7 +44,6 @@ def _compile_sm90(fn, args, kwargs) -> dict:
     """Compile one recorded launch for sm_90 the way the JIT would (pointers and ints divisible by 16
     get the divisibility hint, except do_not_specialize ints), and read registers, spills and
     shared memory from the cubin."""
-    import os
     import re
     import subprocess
     import tempfile
@@ -82,7 +81,7 @@ def _compile_sm90(fn, args, kwargs) -> dict:
     else:
         src = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    cuobjdump = _nvidia_tool("cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
@@ -92,15 +91,22 @@ def _compile_sm90(fn, args, kwargs) -> dict:
             "shared_bytes": kernel.metadata.shared, "options": options, "ptx": kernel.asm.get("ptx", "")}
 
 
+def _nvidia_tool(name: str) -> str:
+    """A CUDA binary Triton ships (ptxas, cuobjdump): usable without a GPU or a CUDA install."""
+    import os
+
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
 def ptxas_notes(ptx: str) -> str:
     """What ptxas -v says about a kernel's PTX for sm_90a (e.g. C7515: its wgmmas serialized)."""
     import os
     import subprocess
     import tempfile
 
-    import triton
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    ptxas = _nvidia_tool("ptxas")
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
