@@ -11,6 +11,8 @@ unpacked), both through their production launchers, fp8 KV, Qwen3-30B-A3B (32/4)
 (48/8) heads, 32-1,024 sequences of 400 tokens and 64-256 of 2,048, do_bench medians of
 --rounds alternated rounds (3), each output's max abs error against the fp32 reference (up to 256 x 2,048
 keys) and the two outputs' max abs difference. Writes <NAME>_<gpu>.json (default attn_decode_compare).
+With --prefill the same for the prefill kernel: prompts of 1,024-16,384 tokens, 2,048-token chunks
+after 6,144 cached ones, and 256 two-token chunks of 400-token contexts (TFLOP/s of the causal matmuls).
 Budget: about 2 minutes each on an H100.
 """
 
@@ -38,9 +40,13 @@ def _gpu_tag() -> str:
     return "h200" if "H200" in name else "h100" if "H100" in name else name.split()[-1].lower()
 
 
-_CASES = [(hq, hkv, b, ctx) for hq, hkv in [(32, 4), (48, 8)] for b, ctx in
+_HEADS = [(32, 4), (48, 8)]  # Qwen3-30B-A3B and MiniMax-M2 heads
+_CASES = [(hq, hkv, [(ctx, 1)] * b) for hq, hkv in _HEADS for b, ctx in
           [(32, 400), (64, 400), (96, 400), (128, 400), (192, 400), (256, 400), (512, 400), (1024, 400),
-           (64, 2048), (128, 2048), (256, 2048)]]  # Qwen3-30B-A3B and MiniMax-M2 heads, fp8 KV
+           (64, 2048), (128, 2048), (256, 2048)]]
+# --prefill: whole prompts, chunks after a cached prefix, and two-token chunks (16-row tiles)
+_PREFILL_CASES = [(hq, hkv, seqs) for hq, hkv in _HEADS for seqs in
+                  [[(1024, 1024)] * 8, [(4096, 4096)] * 2, [(16384, 16384)], [(8192, 2048)] * 2, [(400, 2)] * 256]]
 
 
 def _load_other(src: str):
@@ -53,18 +59,24 @@ def _load_other(src: str):
     return mod
 
 
-def compare(against: str, rounds: int) -> dict:
+def _flops(hq: int, seqs: list) -> float:
+    """The two attention matmuls over the keys each query sees (causal), head_dim 128."""
+    return sum(4 * hq * 128 * (q * (ctx - q) + q * (q + 1) / 2) for ctx, q in seqs)
+
+
+def compare(against: str, rounds: int, prefill: bool = False) -> dict:
     import triton
 
     mods = {"now": at, "against": _load_other(against)}
     rows = []
-    for hq, hkv, b, ctx in _CASES:
-        case = make_attention_case([(ctx, 1)] * b, hq, hkv, 128, dtype=torch.bfloat16,
+    for hq, hkv, seqs in _PREFILL_CASES if prefill else _CASES:
+        b, (ctx, q_len) = len(seqs), seqs[0]
+        case = make_attention_case(seqs, hq, hkv, 128, dtype=torch.bfloat16,
                                    cache_dtype=torch.float8_e4m3fn, device="cuda", kv_scale=0.05, seed=0)
         kc, vc = case.k_cache.clone(), case.v_cache.clone()
         at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
         ref = None
-        if b * ctx <= 256 * 2048:
+        if b * ctx * q_len <= 256 * 2048 or sum(c * q for c, q in seqs) <= 2 * 4096 * 4096:
             ref = at.paged_attention_scaled_ref(case.q.float(), None, None, kc, vc, case.meta, case.scale,
                                                 k_scale=case.k_scale, v_scale=case.v_scale)
         times, outs = {n: [] for n in mods}, {}
@@ -74,7 +86,8 @@ def compare(against: str, rounds: int) -> dict:
 
                 def call(mod=mod, out=out):
                     mod.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale,
-                                               k_scale=case.k_scale, v_scale=case.v_scale, out=out)
+                                               k_scale=case.k_scale, v_scale=case.v_scale, out=out,
+                                               mixed_decodes=not prefill)
 
                 call()
                 torch.cuda.synchronize()
@@ -83,14 +96,15 @@ def compare(against: str, rounds: int) -> dict:
         med = {n: statistics.median(v) for n, v in times.items()}
         err = {n: None if ref is None else (o.float() - ref).abs().max().item() for n, o in outs.items()}
         diff = (outs["now"].float() - outs["against"].float()).abs().max().item()
-        kv_bytes = b * ctx * hkv * 128 * 2
-        print(f"heads {hq}/{hkv} b={b:5d} ctx={ctx:5d} against {med['against']*1e3:7.1f}us now {med['now']*1e3:7.1f}us "
-              f"{med['against']/med['now']:.3f}x {kv_bytes/med['now']/1e9:.2f}TB/s err {err} diff {diff:.2e}",
+        kv_bytes, flops = b * ctx * hkv * 128 * 2, _flops(hq, seqs)
+        rate = f"{flops / med['now'] / 1e9:.0f}TFLOP/s" if prefill else f"{kv_bytes / med['now'] / 1e9:.2f}TB/s"
+        print(f"heads {hq}/{hkv} b={b:5d} ctx={ctx:5d} q={q_len:5d} against {med['against']*1e3:8.1f}us "
+              f"now {med['now']*1e3:8.1f}us {med['against']/med['now']:.3f}x {rate} err {err} diff {diff:.2e}",
               flush=True)
-        rows.append({"q_heads": hq, "kv_heads": hkv, "batch": b, "context": ctx, "kv_bytes": kv_bytes, "ms": times,
-                     "median_ms": med, "speedup_now_vs_against": med["against"] / med["now"],
+        rows.append({"q_heads": hq, "kv_heads": hkv, "batch": b, "context": ctx, "q_len": q_len, "kv_bytes": kv_bytes,
+                     "flops": flops, "ms": times, "median_ms": med, "speedup_now_vs_against": med["against"] / med["now"],
                      "max_abs_err_vs_fp32_ref": err, "max_abs_diff_now_vs_against": diff})
-    return {"against": against, "rows": rows}
+    return {"against": against, "prefill": prefill, "rows": rows}
 
 
 def _launch(case, out, block_n, warps, stages, maxnreg):
@@ -142,6 +156,7 @@ def main() -> int:
     parser.add_argument("--against", help="compare: another tree's src folder")
     parser.add_argument("--name", default="attn_decode_compare", help="compare: the result file's name")
     parser.add_argument("--rounds", type=int, default=3, help="compare: alternated rounds")
+    parser.add_argument("--prefill", action="store_true", help="compare: the prefill kernel's cases instead")
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -153,7 +168,7 @@ def main() -> int:
     if args.what == "compare":
         if not args.against:
             parser.error("compare needs --against OLD/src")
-        result, name = compare(args.against, args.rounds), args.name
+        result, name = compare(args.against, args.rounds, args.prefill), args.name
     else:
         result, name = sweep(), "attn_decode_launch_sweep"
     path = Path(args.out) / f"{name}_{_gpu_tag()}.json"

@@ -46,3 +46,10 @@ def _attend_with(*mods):
     at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
     return [mod.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale, k_scale=case.k_scale,
                                        v_scale=case.v_scale) for mod in mods]
+
+
+def test_prefill_flops_count_the_keys_each_query_sees():
+    """--prefill's TFLOP/s: 2 matmuls x 2 flops x head_dim 128 per (head, query, visible key)."""
+    seqs = [(7, 7), (10, 3), (5, 1)]
+    pairs = sum(prefix + i + 1 for ctx, q in seqs for prefix in [ctx - q] for i in range(q))
+    assert attn_decode._flops(4, seqs) == 4 * 4 * 128 * pairs

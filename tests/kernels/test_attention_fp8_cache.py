@@ -80,11 +80,11 @@ def test_dispatcher_reference_matches_triton(interpret):
     assert rel_err(out, ref) < 1e-2
 
 
-def test_fp8_decode_saturates_a_query_past_fp16_range(interpret):
-    """The fp8 decode computes in fp16: a bf16 query element past 65,504 saturates there instead of
-    turning into inf (and the row into NaN)."""
-    case = make_attention_case([(40, 1), (23, 1)], 4, 2, 16, dtype=torch.bfloat16, cache_dtype=FP8,
-                               kv_scale=0.05, seed=8)
+@pytest.mark.parametrize("seqs", [[(40, 1), (23, 1)], [(40, 12), (23, 23)]], ids=["decode", "prefill"])
+def test_fp8_attention_saturates_a_query_past_fp16_range(interpret, seqs):
+    """Both kernels compute an fp8 cache in fp16: a bf16 query element past 65,504 saturates there
+    instead of turning into inf (and the row into NaN)."""
+    case = make_attention_case(seqs, 4, 2, 16, dtype=torch.bfloat16, cache_dtype=FP8, kv_scale=0.05, seed=8)
     case.q[0, 1, :4] = torch.tensor([1e5, -3e5, 7e4, 2.0])
     kc, vc = case.k_cache.clone(), case.v_cache.clone()
     at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)

@@ -88,6 +88,24 @@ def test_prefill_compiles(sm90_compile, seqs, cache_dtype):
            ["_store_kv_kernel", "_decode_kernel", "_prefill_kernel"])
 
 
+@pytest.mark.parametrize("seqs", [[(600, 600)] * 2, [(300, 2)] * 4], ids=["wgmma", "two-token"])
+def test_prefill_fp8_computes_in_fp16(sm90_compile, monkeypatch, seqs):
+    """The fp8 prefill converts K/V tiles to fp16 two values an instruction (no fp16 -> bf16 F2F a
+    value) and runs fp16 MMAs: 128-row wgmma tiles for prompts, and for two-token chunks 16-row
+    mma.sync tiles whose V tile is converted as loaded and reaches the MMA through ldmatrix.trans."""
+    from tenk.kernels import fp8_gemm
+
+    monkeypatch.setattr(fp8_gemm, "COMPILE_GPU_VARIANT", True)
+    results = sm90_compile(attention_triton, _attention(seqs, 32, 4, 128, torch.float8_e4m3fn, mixed_decodes=False))
+    _check(results, ["_store_kv_kernel", "_prefill_kernel"])
+    ptx = next(r for r in results if r["name"] == "_prefill_kernel")["ptx"]
+    mmas = [line for line in ptx.splitlines() if "mma.sync" in line or "wgmma.mma_async" in line]
+    assert "cvt.rn.f16x2.e4m3x2" in ptx and "cvt.bf16.f16" not in ptx
+    assert mmas and all(".f32.f16.f16" in line for line in mmas), mmas[:2]
+    if seqs[0][1] == 2:
+        assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx
+
+
 def test_prefill_head_dim_64_compiles(sm90_compile):
     _check(sm90_compile(attention_triton, _attention([(200, 200)], 16, 16, 64, num_kv_splits=1)),
            ["_store_kv_kernel", "_decode_kernel", "_prefill_kernel"])

@@ -81,6 +81,28 @@ def test_fp8_decode_with_four_programs_an_sm():
     assert f16_err <= bf16_err * 1.25 + 1e-3, (f16_err, bf16_err)
 
 
+@pytest.mark.parametrize("seqs", [[(600, 600), (900, 300), (70, 1)], [(300, 2)] * 48], ids=["long", "two-token"])
+def test_fp8_prefill_in_fp16_as_close_as_bf16(seqs):
+    """The prefill kernel computes an fp8 cache in fp16 too (128-row wgmma tiles for the prompts,
+    16-row mma.sync tiles with V converted as loaded for two-token chunks): as close to the fp32
+    reference as the bf16 path (FP8_KV_F16_PREFILL off), to within fp16's extra rounding of P."""
+    case = make_attention_case(seqs, 32, 4, 128, dtype=torch.bfloat16, cache_dtype=torch.float8_e4m3fn,
+                               kv_scale=0.02, device=DEV, seed=11)
+    kc, vc = case.k_cache.clone(), case.v_cache.clone()
+    at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
+    ref = at.paged_attention_scaled_ref(case.q.float(), None, None, kc, vc, case.meta, case.scale, case.k_scale,
+                                        case.v_scale)
+    run = lambda: at.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale, k_scale=case.k_scale,
+                                            v_scale=case.v_scale, mixed_decodes=False).float()
+    f16_err = (run() - ref).abs().max().item()
+    try:
+        at.FP8_KV_F16_PREFILL = False
+        bf16_err = (run() - ref).abs().max().item()
+    finally:
+        at.FP8_KV_F16_PREFILL = True
+    assert f16_err <= bf16_err * 1.25 + 1e-3, (f16_err, bf16_err)
+
+
 def test_decode_cuda_graph_replay():
     """Capture decode attention once; new context lengths, block tables and queries written into the
     captured buffers replay correctly (the grid depends on shapes only)."""

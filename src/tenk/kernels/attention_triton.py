@@ -35,8 +35,9 @@ decode loop went from 1,152 sm_90 instructions a warp and K/V step (bf16) to 844
 without a register cap. On an H100 the fp16 kernel ran 1.06x-1.12x faster than the bf16 one from
 192 sequences of 400 tokens up (benchmarks/results/attn_decode_f16_h100.json), and converting V
 as loaded another 1.02x-1.07x (attn_decode_v_loaded_h100.json), as close to the fp32 reference.
-The prefill kernel still computes in q's dtype (an fp8 cache through Triton's cast to bf16),
-not yet measured in fp16.
+The prefill kernel does the same (`FP8_KV_F16_PREFILL`): its loop over a 128-row tile's K/V step
+went from 691 to 588 sm_90 instructions a warp (no fp16 -> bf16 F2F a value), and over a 16-row
+tile of two-token chunks from 1,011 to 561 (V converted as loaded); not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from tenk.kernels._triton import tl, triton
 from tenk.kernels.attention import AttentionMetadata, paged_attention_ref, store_kvcache_ref
 
 FP8_KV_F16 = True  # decode: an fp8 cache's tiles computed in fp16 (see the module docstring)
+FP8_KV_F16_PREFILL = True  # the prefill kernel likewise
 FP16_MAX = tl.constexpr(65504.0) if tl else 65504.0  # q saturates here in the fp16 decode
 # E4M3 -> fp16, four values (one register) in two conversions. Triton keeps an asm where it stands
 # (is_pure=False), so the V tile is converted in the layout it was loaded in (see the docstring).
@@ -256,6 +258,13 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_blocks: int, block_s
     return int(max(1, min(16, -(-2 * sms // programs), max_tiles)))
 
 
+def _fp16_path(q, k_cache, enabled: bool) -> tuple[bool, bool]:
+    """(KV_F16, V_ASM): an fp8 cache's tiles computed in fp16, and its V tile converted as loaded
+    (inline PTX: on the GPU, or when tests compile the GPU variant; the interpreter runs none)."""
+    kv_f16 = enabled and is_fp8(k_cache.dtype) and q.dtype != torch.float32
+    return kv_f16, kv_f16 and (q.is_cuda or fp8_gemm.COMPILE_GPU_VARIANT)
+
+
 def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block_n, **launch):
     """launch: num_warps / num_stages / maxnreg in place of the shipped ones (benchmarks/attn_decode.py sweeps them)."""
     T, hq, d = q.shape
@@ -274,8 +283,7 @@ def _decode(q, k_cache, v_cache, meta, out, qk_scale, v_scale, num_splits, block
     else:
         part_acc = part_ml = out  # unused
     pdl = use_pdl(q.device)
-    kv_f16 = FP8_KV_F16 and is_fp8(k_cache.dtype) and not ieee
-    v_asm = kv_f16 and (q.is_cuda or fp8_gemm.COMPILE_GPU_VARIANT)  # the interpreter runs no PTX
+    kv_f16, v_asm = _fp16_path(q, k_cache, FP8_KV_F16)
     _decode_kernel[(bsz, hkv, num_splits)](
         q, k_cache, v_cache, out, part_acc, part_ml,
         meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
@@ -322,7 +330,7 @@ def _prefill_kernel(
     s_kb, s_ks, s_kh, s_bt,
     G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-    SKIP_DECODES: tl.constexpr,
+    SKIP_DECODES: tl.constexpr, KV_F16: tl.constexpr, V_ASM: tl.constexpr,
 ):
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -348,6 +356,8 @@ def _prefill_kernel(
     d_ok = d < D
     q = tl.load(q_ptr + (q_start + qi)[:, None] * s_qt + head[:, None] * s_qh + d[None, :],
                 mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    if KV_F16:
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -FP16_MAX), FP16_MAX).to(tl.float16)
     q_pos = prefix + qi  # absolute position; rows past n_rows see everything (no NaN rows)
 
     last_row = tl.minimum(r0 + BLOCK_M, n_rows) - 1
@@ -363,7 +373,7 @@ def _prefill_kernel(
         row = page * s_kb + (n % PAGE) * s_ks + kv_head_off
         visible = (n[None, :] <= q_pos[:, None]) & n_ok[None, :]
         m_i, l_i, acc = _attend_tile(q, kc_ptr, vc_ptr, row, n_ok, visible, d, d_ok, m_i, l_i, acc, qk_scale,
-                                     IEEE, False)
+                                     IEEE, V_ASM)
 
     # a sequence with an empty context (the padding of a mixed-step CUDA graph) has no key to
     # attend: its rows are zeros, not 0 / 0
@@ -383,6 +393,7 @@ def _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n
     if block_n is None:
         block_n = 32 if q.dtype == torch.float32 else 64
     grid = (T * group // block_m + bsz, hkv)
+    kv_f16, v_asm = _fp16_path(q, k_cache, FP8_KV_F16_PREFILL)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out,
         meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, bsz,
@@ -391,7 +402,7 @@ def _prefill(q, k_cache, v_cache, meta, out, qk_scale, v_scale, block_m, block_n
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), meta.block_tables.stride(0),
         G=group, D=d, D_PAD=next_pow2(d),
         PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=q.dtype == torch.float32, SKIP_DECODES=skip_decodes,
-        num_warps=8 if block_m >= 128 else 4, num_stages=2 if d > 128 else 3,
+        KV_F16=kv_f16, V_ASM=v_asm, num_warps=8 if block_m >= 128 else 4, num_stages=2 if d > 128 else 3,
     )
 
 
