@@ -669,7 +669,8 @@ def test_moe_prefetch_variant_compiles_for_sm90(gpu_variant, monkeypatch, tokens
                                          ("qwen3", ((64, 32, 2, 4), (128, 32, 2, 8, 128)))])  # fmt: skip
 def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
     """The Gluon MoE GEMMs at the tuned tables' prefill tiles: they fit an H100 without spilling. A
-    register cap (the tiles' fifth field) holds, so two CTAs of the capped tile share an SM."""
+    register cap (the tiles' fifth field) holds, so two CTAs of the capped tile share an SM. Their
+    epilogues store 16-byte runs of out rows, never the MMA layout's 2-byte values."""
     shape = QWEN3 if model == "qwen3" else MINIMAX
     gemm = lambda t: Nvfp4Config(block_m=128, block_n=t[0], block_kq=t[1], num_stages=t[2], num_warps=t[3],
                                  maxnreg=t[4] if len(t) > 4 else 0)
@@ -693,6 +694,8 @@ def test_moe_wgmma_compiles_for_sm90(sm90_compile, model, tiles):
     assert len(results) == 2  # w1|w3 (gated) and w2
     assert_fits_sm90(results, ["_nvfp4_moe_wgmma_kernel"])
     for r, g in zip(results, (cfg.w13, cfg.w2)):
+        stores = re.findall(r"st\.global[.\w]*", r["ptx"])
+        assert stores and set(stores) == {"st.global.v4.b32"}, stores
         if g.maxnreg:
             assert r["options"]["maxnreg"] == g.maxnreg and r["regs"] <= g.maxnreg
             assert 2 * r["regs"] * 32 * g.num_warps <= 65536 and 2 * r["shared_bytes"] <= H100_MAX_SHARED
@@ -793,6 +796,23 @@ def test_gpu_moe_wgmma_narrow_tiles(monkeypatch):
     monkeypatch.setattr(nm_wgmma, "NARROW_STEPS", 0)
     assert torch.equal(narrow, nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg))
     assert rel_err(narrow, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.skipif(not nm_wgmma.AVAILABLE, reason="needs Triton's Gluon")
+@pytest.mark.parametrize("w2_warps", [4, 8])
+def test_gpu_moe_wgmma_matches_triton_bit_for_bit(w2_warps):
+    """The Gluon kernels give the Triton kernel's results bit for bit at the same tiles: w1|w3's
+    SiLU*mul and w2's rows, staged through shared memory for 16-byte stores, on whole tiles and on
+    narrow tail tiles (1,000 tokens: expert tails of every width)."""
+    x, packed, w, tw, ids = _tiled_gpu_moe(1000)
+    w13 = Nvfp4Config(block_m=128, block_n=64, block_kq=32, num_stages=2, num_warps=4)
+    w2 = Nvfp4Config(block_m=128, block_n=128, block_kq=32, num_stages=2, num_warps=w2_warps)
+    cfg = Nvfp4MoeConfig(block_m=128, w13=w13, w2=w2, impl="wgmma")
+    out = nm.nvfp4_fused_moe(x, *packed, tw, ids, config=cfg)
+    assert torch.equal(out, nm.nvfp4_fused_moe(x, *packed, tw, ids, config=dataclasses.replace(cfg, impl="fused")))
+    assert rel_err(out, nm.nvfp4_fused_moe_ref(x, *w, tw, ids)) < 1e-2
 
 
 @pytest.mark.gpu

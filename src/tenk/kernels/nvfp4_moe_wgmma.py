@@ -17,6 +17,11 @@ tokens (128 +- 11 pairs an expert). Measured on an H100 against the kernel witho
 calls at the table's configs alternated in one run: 1.02x-1.05x at 4,096 tokens, 1.00x-1.05x at
 16,384 (benchmarks/results/moe_wgmma_narrow_bench_ab_h100.json).
 
+The epilogue re-lays each tile through shared memory so a thread stores 16-byte runs of an out row
+(see _tile). On an H100 against the 2-byte stores of the MMA layout, whole MoE calls alternated:
+1.06x (Qwen3-30B-A3B) and 1.01x-1.03x (MiniMax-M2) at 4,096 tokens, 1.05x-1.10x at 16,384, and
+1.03x output tok/s end to end on 4,096-token prompts (benchmarks/results/moe_wgmma_store_ab_h100.json).
+
 Same weight layouts (rows or expert tiles), decode asm and rounding as the Triton kernel
 (tenk.kernels.nvfp4_gemm), so the results are bit for bit the Triton kernel's;
 nvfp4_moe.nvfp4_fused_moe_ref is the reference of both.
@@ -38,7 +43,6 @@ except Exception:  # pragma: no cover - exercised only with an older Triton
     gluon = None
 
 from tenk.kernels._tiles import grouped_tile
-from tenk.kernels.moe import store_moe_tile
 from tenk.kernels.nvfp4_gemm import _ASM_Q0, _ASM_Q1, _ASM_Q2, _ASM_Q3, tile_cols, tile_offsets, tile_step
 
 AVAILABLE = gluon is not None
@@ -193,15 +197,30 @@ if AVAILABLE:
                 acc, prev = warpgroup_mma_wait(0, deps=(acc, prev))
         cp.wait_group(0)
 
-        offs_n = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
-        pairs_o = gl.load(sorted_ptr + pid_m * BM + gl.arange(0, BMT, layout=gl.SliceLayout(0, mma)))
+        dtype: gl.constexpr = out_ptr.dtype.element_ty
+        g = acc * (gl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
+        if GATED:  # silu(gate) * up, each rounded to out's dtype as the unfused path rounds
+            u = (acc_u * (gl.load(gs_ptr + e * s_ge + 1) * 256.0)).to(dtype).to(gl.float32)
+            g = g.to(dtype).to(gl.float32)
+            sg = (g / (1.0 + gl.exp(-g))).to(dtype).to(gl.float32)
+            val = (sg * u).to(dtype)
+        else:
+            val = g.to(dtype)
+        # an out row is one of the tile's pairs, contiguous along the tile's weight rows, which the MMA
+        # layout spreads over 8 threads: stored from it, every thread wrote 2-byte values (an
+        # STG.U16 with its own 64-bit address a value; Qwen3-30B-A3B's w2 kernel shrank from 4,096 to
+        # 3,552 sm_90 instructions without them). Re-laid through shared memory (stmatrix.trans; the
+        # scratch mostly reuses the drained ring), each thread stores 16-byte runs of a row.
+        TW: gl.constexpr = min(32, BN // 8)
+        st: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[TW, 32 // TW],
+                                            warps_per_cta=[1, NUM_WARPS], order=[0, 1])
+        v = gl.convert_layout(val, st)
+        offs_n = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, st))
+        pairs_o = gl.load(sorted_ptr + pid_m * BM + gl.arange(0, BMT, layout=gl.SliceLayout(0, st)))
         ok_o = pairs_o < num_pairs
         safe_o = gl.where(ok_o, pairs_o, 0).to(gl.int64)
-        g = acc * (gl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
-        u = acc_u
-        if GATED:
-            u = acc_u * (gl.load(gs_ptr + e * s_ge + 1) * 256.0)
-        store_moe_tile(g, u, out_ptr, safe_o, ok_o, offs_n, offs_n < N, 0, s_or, 0, N, GATED, 1)
+        gl.store(out_ptr + gl.expand_dims(safe_o * s_or, 0) + gl.expand_dims(offs_n, 1), v,
+                 mask=gl.expand_dims(offs_n < N, 1) & gl.expand_dims(ok_o, 0))
 
     @gluon.jit(do_not_specialize=["num_pairs", "max_padded"])  # token counts: no variant per batch size
     def _nvfp4_moe_wgmma_kernel(
