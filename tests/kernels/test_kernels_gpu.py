@@ -66,19 +66,27 @@ def test_fp8_decode_with_four_programs_an_sm():
                                kv_scale=0.02, device=DEV, seed=9)
     r = check_attention(case, num_kv_splits=1)
     assert r["cache_equal"] and r["rel_err"] < BF16_TOL, r
+    f16_err, bf16_err = _f16_and_bf16_errors(case, "FP8_KV_F16", num_kv_splits=1)
+    assert f16_err <= bf16_err * 1.25 + 1e-3, (f16_err, bf16_err)
+
+
+def _f16_and_bf16_errors(case, flag, **kwargs):
+    """Max error against the fp32 reference of the fp8 cache computed in fp16 (at.<flag> on, as
+    shipped) and in bf16 (off)."""
     kc, vc = case.k_cache.clone(), case.v_cache.clone()
     at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
     ref = at.paged_attention_scaled_ref(case.q.float(), None, None, kc, vc, case.meta, case.scale, case.k_scale,
                                         case.v_scale)
     run = lambda: at.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale, k_scale=case.k_scale,
-                                            v_scale=case.v_scale, num_kv_splits=1).float()
+                                            v_scale=case.v_scale, **kwargs).float()
+    assert getattr(at, flag)
     f16_err = (run() - ref).abs().max().item()
     try:
-        at.FP8_KV_F16 = False
+        setattr(at, flag, False)
         bf16_err = (run() - ref).abs().max().item()
     finally:
-        at.FP8_KV_F16 = True
-    assert f16_err <= bf16_err * 1.25 + 1e-3, (f16_err, bf16_err)
+        setattr(at, flag, True)
+    return f16_err, bf16_err
 
 
 @pytest.mark.parametrize("seqs", [[(600, 600), (900, 300), (70, 1)], [(300, 2)] * 48], ids=["long", "two-token"])
@@ -88,18 +96,7 @@ def test_fp8_prefill_in_fp16_as_close_as_bf16(seqs):
     reference as the bf16 path (FP8_KV_F16_PREFILL off), to within fp16's extra rounding of P."""
     case = make_attention_case(seqs, 32, 4, 128, dtype=torch.bfloat16, cache_dtype=torch.float8_e4m3fn,
                                kv_scale=0.02, device=DEV, seed=11)
-    kc, vc = case.k_cache.clone(), case.v_cache.clone()
-    at.store_kvcache_triton(case.k, case.v, kc, vc, case.meta.slot_mapping, case.k_scale, case.v_scale)
-    ref = at.paged_attention_scaled_ref(case.q.float(), None, None, kc, vc, case.meta, case.scale, case.k_scale,
-                                        case.v_scale)
-    run = lambda: at.paged_attention_triton(case.q, None, None, kc, vc, case.meta, case.scale, k_scale=case.k_scale,
-                                            v_scale=case.v_scale, mixed_decodes=False).float()
-    f16_err = (run() - ref).abs().max().item()
-    try:
-        at.FP8_KV_F16_PREFILL = False
-        bf16_err = (run() - ref).abs().max().item()
-    finally:
-        at.FP8_KV_F16_PREFILL = True
+    f16_err, bf16_err = _f16_and_bf16_errors(case, "FP8_KV_F16_PREFILL", mixed_decodes=False)
     assert f16_err <= bf16_err * 1.25 + 1e-3, (f16_err, bf16_err)
 
 
