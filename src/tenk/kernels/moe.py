@@ -203,28 +203,32 @@ def moe_block(pid_m, num_pairs, max_padded, sorted_ptr, expert_ptr, TOPK: tl.con
 def store_moe_tile(g, u, out_ptr, safe, row_ok, offs_n, n_ok, pid_k, s_or, s_os, N, GATED: tl.constexpr,
                    SPLIT_K: tl.constexpr):
     """Write a grouped GEMM's scaled fp32 out^T tile for its pairs (the epilogue of the NVFP4 MoE's
-    Triton and Gluon kernels and of the FP8 MoE's). GATED (g: gate, u: up): with
-    SPLIT_K == 1 silu(g) * u, each rounded to out's dtype as the unfused path rounds, else fp32
-    partials [split, pair, 2N] (gate | up) for _silu_mul_reduce_kernel. Not GATED (u unused): g
-    in out's dtype, or fp32 partials [split, pair, N]."""
+    Triton kernel and of the FP8 MoE's). GATED (g: gate, u: up): with SPLIT_K == 1
+    moe_out_values, else fp32 partials [split, pair, 2N] (gate | up) for _silu_mul_reduce_kernel.
+    Not GATED (u unused): g in out's dtype, or fp32 partials [split, pair, N]."""
     out_ptrs = out_ptr + safe[None, :] * s_or + offs_n[:, None]
     mask = n_ok[:, None] & row_ok[None, :]
-    if GATED:
-        if SPLIT_K == 1:
-            dtype = out_ptr.dtype.element_ty
-            g = g.to(dtype).to(tl.float32)
-            u = u.to(dtype).to(tl.float32)
-            s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-            tl.store(out_ptrs, (s * u).to(dtype), mask=mask)
-        else:
-            part = out_ptrs + pid_k.to(tl.int64) * s_os
-            tl.store(part, g, mask=mask)
-            tl.store(part + N, u, mask=mask)
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, moe_out_values(g, u, out_ptr.dtype.element_ty, GATED), mask=mask)
     else:
-        if SPLIT_K == 1:
-            tl.store(out_ptrs, g.to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(out_ptrs + pid_k.to(tl.int64) * s_os, g, mask=mask)
+        part = out_ptrs + pid_k.to(tl.int64) * s_os
+        tl.store(part, g, mask=mask)
+        if GATED:
+            tl.store(part + N, u, mask=mask)
+
+
+@triton.jit
+def moe_out_values(g, u, dtype: tl.constexpr, GATED: tl.constexpr):
+    """A grouped GEMM's fp32 tile in out's dtype (also the Gluon MoE's epilogue): GATED silu(g) * u,
+    each rounded to dtype as the unfused path rounds; else g (u unused)."""
+    if GATED:
+        g = g.to(dtype).to(tl.float32)
+        u = u.to(dtype).to(tl.float32)
+        s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        out = (s * u).to(dtype)
+    else:
+        out = g.to(dtype)
+    return out
 
 
 @triton.jit(do_not_specialize=["num_pairs", "max_padded"])

@@ -43,6 +43,7 @@ except Exception:  # pragma: no cover - exercised only with an older Triton
     gluon = None
 
 from tenk.kernels._tiles import grouped_tile
+from tenk.kernels.moe import moe_out_values
 from tenk.kernels.nvfp4_gemm import _ASM_Q0, _ASM_Q1, _ASM_Q2, _ASM_Q3, tile_cols, tile_offsets, tile_step
 
 AVAILABLE = gluon is not None
@@ -197,15 +198,11 @@ if AVAILABLE:
                 acc, prev = warpgroup_mma_wait(0, deps=(acc, prev))
         cp.wait_group(0)
 
-        dtype: gl.constexpr = out_ptr.dtype.element_ty
         g = acc * (gl.load(gs_ptr + e * s_ge) * 256.0)  # 256 undoes the kernel layout's 2^-8
-        if GATED:  # silu(gate) * up, each rounded to out's dtype as the unfused path rounds
-            u = (acc_u * (gl.load(gs_ptr + e * s_ge + 1) * 256.0)).to(dtype).to(gl.float32)
-            g = g.to(dtype).to(gl.float32)
-            sg = (g / (1.0 + gl.exp(-g))).to(dtype).to(gl.float32)
-            val = (sg * u).to(dtype)
-        else:
-            val = g.to(dtype)
+        u = acc_u
+        if GATED:
+            u = acc_u * (gl.load(gs_ptr + e * s_ge + 1) * 256.0)
+        val = moe_out_values(g, u, out_ptr.dtype.element_ty, GATED)
         # an out row is one of the tile's pairs, contiguous along the tile's weight rows, which the MMA
         # layout spreads over 8 threads: stored from it, every thread wrote 2-byte values (an
         # STG.U16 with its own 64-bit address a value; Qwen3-30B-A3B's w2 kernel shrank from 4,096 to
