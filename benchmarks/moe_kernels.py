@@ -11,7 +11,9 @@ fused_moe_ref before anything is timed.
 
 Timing: triton.testing.do_bench median (L2 flushed), eager and as a CUDA-graph replay; "ms" is the
 graph replay up to 256 tokens (decode batches run as graphs in the engine) and eager above, for
-both paths alike. Up to 256 tokens also "layer_ms": one graph of CHAIN calls, each with its own
+both paths alike. An eager row is the median of EAGER_ROUNDS do_bench runs per path, the paths
+alternated (one run of one path spread by about 2% between runs on an H100, as much as a row's
+margin to its target); every round is kept in the row. Up to 256 tokens also "layer_ms": one graph of CHAIN calls, each with its own
 batch and routing, divided by CHAIN: a MoE layer's cost inside a decode step's graph, without the
 graph launch each isolated replay pays (no call finds the previous one's experts in L2: each reads
 more than L2 holds or other experts). Reported per row: bytes the call must read (weights of the experts the batch
@@ -30,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -47,6 +50,7 @@ TARGET_FLOPS = 0.5
 TARGET_SPEEDUP = 2.5
 GRAPH_MAX_TOKENS = 256
 CHAIN = 4  # MoE calls per graph for layer_ms
+EAGER_ROUNDS = 3  # do_bench runs per path of an eager row, alternated
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,15 @@ class Timer:
         del graph
         return ms
 
+    def rounds(self, fns: dict, rounds: int) -> dict[str, list[float]]:
+        """Each fn's eager ms `rounds` times, the fns alternated within each round (clock and
+        thermal drift fall on all of them alike)."""
+        times = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                times[name].append(self.eager(fn))
+        return times
+
     def best(self, fn, tokens: int) -> tuple[float, float | None, str]:
         """(ms as the engine runs it, graph ms or None, how): graph replay up to GRAPH_MAX_TOKENS."""
         eager = self.eager(fn)
@@ -182,8 +195,9 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
         flops = 2 * pairs * 3 * shape.hidden * shape.inter
         use_graph = tokens <= GRAPH_MAX_TOKENS and not timer.smoke
         timings = {}
+        rounds = timer.rounds({"nvfp4": nvfp4, "bf16": bf16}, 1 if use_graph or timer.smoke else EAGER_ROUNDS)
         for name, fn in (("nvfp4", nvfp4), ("bf16", bf16)):
-            eager = timer.eager(fn)
+            eager = statistics.median(rounds[name])
             graph = timer.graph(fn) if use_graph else None
             timings[name] = (eager, graph, graph if graph is not None else eager)
         row = {
@@ -193,6 +207,7 @@ def run_shape(key: str, shape: Shape, tokens_list, timer: Timer, device, rows: l
             "nvfp4_ms": timings["nvfp4"][2], "nvfp4_eager_ms": timings["nvfp4"][0], "nvfp4_graph_ms": timings["nvfp4"][1],
             "bf16_ms": timings["bf16"][2], "bf16_eager_ms": timings["bf16"][0], "bf16_graph_ms": timings["bf16"][1],
             "nvfp4_bytes": weight_b + act_b, "bf16_bytes": weight_b16 + act_b, "flops": flops,
+            "nvfp4_eager_rounds_ms": rounds["nvfp4"], "bf16_eager_rounds_ms": rounds["bf16"],
         }
         ms = row["nvfp4_ms"]
         row["nvfp4_tbps"] = row["nvfp4_bytes"] / ms / 1e9

@@ -11,7 +11,7 @@ import torch
 from tests.benchmarks.test_serving_scripts import BENCH
 
 sys.path.insert(0, str(BENCH))
-from moe_kernels import kernel_times_us  # noqa: E402
+from moe_kernels import Timer, kernel_times_us  # noqa: E402
 
 
 def test_kernel_breakdown_sums_device_time_per_kernel():
@@ -24,3 +24,15 @@ def test_kernel_breakdown_sums_device_time_per_kernel():
               SimpleNamespace(name="aten::empty", device_type=cpu, device_time=0.0)]  # fmt: skip
     got = kernel_times_us(events, calls=2)
     assert list(got) == ["_nvfp4_moe_gemm_kernel", "_moe_align_kernel"] and got["_nvfp4_moe_gemm_kernel"] == 40.0
+
+
+def test_eager_rounds_alternate_the_paths():
+    """An eager row's rounds time each path once per round, in turn, and keep every round."""
+    calls = []
+    timer = Timer(smoke=True)
+    timer.eager = lambda fn: fn()
+    clock = iter(range(100))
+    fns = {"nvfp4": lambda: calls.append("nvfp4") or next(clock), "bf16": lambda: calls.append("bf16") or next(clock)}
+    got = timer.rounds(fns, 3)
+    assert calls == ["nvfp4", "bf16"] * 3
+    assert got == {"nvfp4": [0, 2, 4], "bf16": [1, 3, 5]}
