@@ -503,19 +503,21 @@ def test_tables_by_gpu_name_and_from_a_folder_of_ones_own(tmp_path, monkeypatch)
 
 
 def test_an_h200_guess_gives_way_to_the_h100s_measured_entry(monkeypatch):
-    """The H200's shipped table holds guesses: a bucket the H100 measured runs the H100's config (the
-    same chip), one neither measured keeps the H200's guess, and an H200 measurement wins over both."""
+    """A bucket the H200's table only guesses but the H100 measured runs the H100's config (the same
+    chip), one neither measured keeps the H200's guess, and an H200 measurement wins over both (the
+    shipped H200 table measures the H100's buckets itself)."""
     from tenk.kernels.configs import nvfp4 as cfgs
 
     qwen3 = (128, 2048, 768, 8)
     key = cfgs.moe_key(*qwen3)
     h100, h200 = cfgs.load_table("h100", "nvfp4"), cfgs.load_table("h200", "nvfp4")
-    assert "ms" in h100["moe"][key]["256"] and "ms" not in h200["moe"][key]["256"]
+    assert "ms" in h100["moe"][key]["256"] and "ms" in h200["moe"][key]["256"]
     monkeypatch.setattr(cfgs, "gpu_tag", lambda device=None: "h200")
-    assert cfgs.moe_config(256, *qwen3) == Nvfp4MoeConfig.from_dict(h100["moe"][key]["256"])
+    assert cfgs.moe_config(256, *qwen3) == Nvfp4MoeConfig.from_dict(h200["moe"][key]["256"])
     guess = {"moe": {key: {"256": heuristic_moe(256, *qwen3).to_dict()}}, "dense": {}}
     measured = {"moe": {key: {"256": {**heuristic_moe(4096, *qwen3).to_dict(), "ms": 0.1}}}, "dense": {}}
     for h100_table, h200_table, want in [(guess, guess, heuristic_moe(256, *qwen3)),
+                                         (h100, guess, Nvfp4MoeConfig.from_dict(h100["moe"][key]["256"])),
                                          (h100, measured, heuristic_moe(4096, *qwen3))]:
         monkeypatch.setattr(cfgs, "load_table", lambda tag, fmt, a=h100_table, b=h200_table: a if tag == "h100" else b)
         assert cfgs.moe_config(256, *qwen3) == want

@@ -10,7 +10,7 @@ The shipped tables were written from the heuristics below without a GPU ("tuned"
 file); benchmarks/tune_nvfp4.py measures candidates on the GPU and rewrites them. An entry with an
 "ms" field was measured; one without is a guess, and a GPU of the same architecture's measured
 entry for that bucket goes before it (SAME_ARCHITECTURE: the H200 is the H100's chip with more and
-faster memory, and its table is still the heuristic guesses).
+faster memory; its table measures the buckets the H100's does, seeded from the H100's winners).
 """
 
 from __future__ import annotations
