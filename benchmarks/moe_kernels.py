@@ -13,11 +13,12 @@ Timing: triton.testing.do_bench median (L2 flushed), eager and as a CUDA-graph r
 graph replay up to 256 tokens (decode batches run as graphs in the engine) and eager above, for
 both paths alike. An eager row is the median of EAGER_ROUNDS do_bench runs per path, the paths
 alternated (one run of one path spread by about 2% between runs on an H100, as much as a row's
-margin to its target); every round is kept in the row. Up to 256 tokens also "layer_ms": one graph of CHAIN calls, each with its own
-batch and routing, divided by CHAIN: a MoE layer's cost inside a decode step's graph, without the
-graph launch each isolated replay pays (no call finds the previous one's experts in L2: each reads
-more than L2 holds or other experts). Reported per row: bytes the call must read (weights of the experts the batch
-touches + the activations), TB/s and TFLOP/s on them, speedup over bf16, and issue 7's targets on
+margin to its target); every round is kept in the row. Up to 256 tokens also "layer_ms": one
+graph of CHAIN calls, each with its own batch and routing, divided by CHAIN: a MoE layer's cost
+inside a decode step's graph, without the graph launch each isolated replay pays (no call finds the
+previous one's experts in L2: each reads more than L2 holds or other experts). Reported per row:
+bytes the call must read (weights of the experts the batch touches + the activations), TB/s and
+TFLOP/s on them, speedup over bf16, and issue 7's targets on
 an H100: <= 256 tokens >= 75% of 3.0 TB/s and >= 2.5x bf16; >= 4096 tokens >= 50% of 790 TFLOP/s.
 --breakdown adds each NVFP4 kernel's device time per call (align, GEMMs, SiLU reduce, combine:
 which one keeps a row from its target). At 1,024 tokens and above the other NVFP4 paths are timed
