@@ -153,7 +153,8 @@ class Fp8LinearMethod:
             bn, bk = self.block
             _require(all(o % bn == 0 for o in output_partition_sizes) and k % bk == 0,
                      f"block FP8 needs every rank's shard widths {output_partition_sizes} divisible by {bn} "
-                     f"and its input width {k} by {bk}; use a smaller tensor-parallel size")
+                     f"and its input width {k} by {bk} (as vLLM asks too); quantize per tensor "
+                     f"(`tenk quantize --fp8-scheme tensor`), or with tensor parallelism a smaller size may fit")
             scale = torch.full((n // bn, k // bk), math.nan)
             _param(layer, "weight_scale", scale, output_dim=0, input_dim=1, dummy_fill=_fill(0.02))
         elif self.scheme == "channel":
