@@ -167,3 +167,14 @@ def test_dummy_fp8_fill_works_in_chunks():
     assert bool(torch.isfinite(v).all()) and 0.8 < float(v.std()) < 1.2
     rows = v.view(-1, 32)
     assert not torch.equal(rows[0], rows[3])  # chunks draw on, they do not repeat
+
+
+def test_block_fp8_on_widths_off_the_block_grid_says_what_to_do():
+    """SmolLM2-135M's fused qkv ([576, 192, 192] over 576 inputs) does not fit 128x128 blocks: the
+    engine refuses it with the way out (per-tensor FP8), not a tensor-parallel hint a TP=1 user
+    cannot follow alone."""
+    from tenk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"divisible by 128.*--fp8-scheme tensor"):
+        Fp8LinearMethod("block").create_weights(torch.nn.Module(), 576, [576, 192, 192], torch.float32)
+    Fp8LinearMethod("block").create_weights(torch.nn.Module(), 256, [128, 256], torch.float32)  # on the grid: fine
